@@ -1,0 +1,1 @@
+"""Plain-Python core of the pipeline: everything here is usable and tested without Dagster."""

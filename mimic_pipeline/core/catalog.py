@@ -1,0 +1,118 @@
+"""The DuckDB catalogue at ``<data dir>/mimic.duckdb``: indexes and results, queried by users.
+
+One writer at a time (Dagster's ``duckdb`` pool has limit 1); connections are short. Users and
+checks read through `query`, which opens the file read-only so it can never change or lock it for
+writing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from .annotations.index import INDEX_TABLES, AnnotationIndex
+from .files import atomic_path
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+CATALOG_FILE = "mimic.duckdb"
+
+
+class CatalogError(RuntimeError):
+    """The catalogue cannot be opened or queried as asked."""
+
+
+def catalog_path(data_dir: str | Path) -> Path:
+    return Path(data_dir) / CATALOG_FILE
+
+
+def load_sql(name: str) -> str:
+    """The text of ``sql/<name>.sql``."""
+    path = SQL_DIR / f"{name}.sql"
+    if not path.exists():
+        raise CatalogError(f"no SQL file {path}: is the project installed in editable mode (pip install -e .)?")
+    return path.read_text()
+
+
+def named_queries(name: str) -> dict[str, str]:
+    """Split ``sql/<name>.sql`` at ``-- name: X`` markers into {X: query}."""
+    parts = re.split(r"^-- name: *(\S+) *$", load_sql(name), flags=re.M)
+    return {parts[i]: parts[i + 1].strip().rstrip(";") for i in range(1, len(parts), 2)}
+
+
+def connect_writer(db_path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-write connection with every table of the schema created."""
+    db_path = Path(db_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(db_path))
+    except duckdb.IOException as e:
+        raise CatalogError(f"cannot open {db_path} for writing ({e}); another process holds it: "
+                           "wait for the running materialization or stop the process that holds it") from None  # fmt: skip
+    con.execute(load_sql("annotations"))
+    return con
+
+
+def connect_reader(db_path: str | Path) -> duckdb.DuckDBPyConnection:
+    db_path = Path(db_path)
+    if not db_path.exists():
+        raise CatalogError(f"no catalogue at {db_path}: run `mimic demo` (or materialize the annotation_index asset) first")
+    try:
+        return duckdb.connect(str(db_path), read_only=True)
+    except duckdb.IOException as e:
+        raise CatalogError(f"cannot open {db_path} read-only ({e}); a writer holds it: retry when it finishes") from None
+
+
+def query(db_path: str | Path, sql: str, params=None) -> tuple[list[str], list[tuple]]:
+    """Run one query read-only; returns (column names, rows)."""
+    with connect_reader(db_path) as con:
+        try:
+            cur = con.execute(sql, params) if params is not None else con.execute(sql)
+        except duckdb.Error as e:
+            raise CatalogError(str(e).strip()) from None
+        if cur.description is None:
+            return [], []
+        return [d[0] for d in cur.description], cur.fetchall()
+
+
+def replace_source_index(db_path: str | Path, index: AnnotationIndex, config_hash: str | None = None) -> dict[str, int]:
+    """Replace every row of `index.source` in one transaction; returns rows written per table.
+
+    A failure anywhere rolls back, leaving the previous rows of that source (and every other source)
+    exactly as they were.
+    """
+    with connect_writer(db_path) as con:
+        con.execute("begin transaction")
+        try:
+            for name, table in index.tables().items():
+                con.execute(f"delete from {name} where source = ?", [index.source])
+                con.register(f"new_{name}", table)
+                con.execute(f"insert into {name} by name select * from new_{name}")
+                con.unregister(f"new_{name}")
+            counts = index.row_counts()
+            con.execute(
+                "insert into annotation_builds values (?, ?, ?, ?, ?, ?, ?, ?)",
+                [index.source, datetime.now(timezone.utc).replace(tzinfo=None), json.dumps(index.source_files),
+                 json.dumps(index.notes), config_hash, counts["categories"], counts["images"], counts["instance_counts"]],
+            )  # fmt: skip
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+    return counts
+
+
+def export_index_parquet(index: AnnotationIndex, folder: str | Path) -> dict[str, Path]:
+    """Write each index table as ``<folder>/<table>.parquet`` (atomic per file); returns the paths."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for name in INDEX_TABLES:
+        path = Path(folder) / f"{name}.parquet"
+        with atomic_path(path) as tmp:
+            pq.write_table(getattr(index, name), tmp, compression="zstd")
+        out[name] = path
+    return out
