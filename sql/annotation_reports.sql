@@ -11,3 +11,13 @@ where c.source = $source
 group by all
 order by c.split, instances desc, category
 limit 30;
+
+-- name: index_overview
+select b.source, i.split, count(distinct i.image_id) as images,
+       (select count(*) from instance_counts c where c.source = i.source and c.split = i.split) as count_rows,
+       (select sum(count) from instance_counts c where c.source = i.source and c.split = i.split) as boxes,
+       (select count(*) from instance_counts c where c.source = i.source and c.split = i.split and c.crowd) as crowd_rows
+from images i
+join (select source, max(built_at) as built_at from annotation_builds group by source) b on b.source = i.source
+group by all
+order by 1, 2;

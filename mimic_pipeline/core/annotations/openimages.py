@@ -77,6 +77,15 @@ def read_hierarchy(path: Path, names: dict[str, str]) -> tuple[str, set[tuple[st
     return root, edges
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header; a file that is no image is named with the fix."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, SyntaxError) as e:
+        raise InputFileError(path, f"is not a readable image ({e})", "replace it with the original image file") from None
+
+
 def _check_box_header(path: Path) -> None:
     if not path.exists():
         raise InputFileError(path, "box annotation file does not exist", "check the path you configured")
@@ -152,8 +161,7 @@ def load_openimages(
             raise InputFileError(Path(images_dir), f"{len(missing)} of {len(file_names)} images named in {boxes.name} "
                                  f"are missing: {preview(missing)}", "copy the images into this folder or fix the path")  # fmt: skip
         for k, name in enumerate(file_names):
-            with Image.open(Path(images_dir) / name) as im:
-                widths[k], heights[k] = im.size
+            widths[k], heights[k] = image_size(Path(images_dir) / name)
 
     images = pa.table({
         "source": [source] * len(file_names), "split": [split] * len(file_names),

@@ -1,0 +1,137 @@
+"""The `mimic` command line: a thin layer over the Dagster definitions and the DuckDB catalogue.
+
+    mimic demo                 materialize every asset on the embedded shapes world, through Dagster
+    mimic query "select ..."   answer from the catalogue (read-only)
+    mimic ui                   start the Dagster webserver + daemon on this project
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data_dir(args) -> str:
+    return str(Path(args.data_dir or os.environ.get("MIMIC_DATA_DIR", "data")).resolve())
+
+
+def _ensure_dagster_home(data_dir: str) -> Path:
+    """Use $DAGSTER_HOME if set, else the project's committed dagster_home/ (or one in the data dir)."""
+    if os.environ.get("DAGSTER_HOME"):
+        home = Path(os.environ["DAGSTER_HOME"]).resolve()
+    elif (PROJECT_ROOT / "dagster_home" / "dagster.yaml").exists():
+        home = PROJECT_ROOT / "dagster_home"
+    else:
+        home = Path(data_dir) / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def cmd_demo(args) -> int:
+    data_dir = _data_dir(args)
+    os.environ["MIMIC_DATA_DIR"] = data_dir
+    home = _ensure_dagster_home(data_dir)
+
+    import dagster as dg
+
+    from .core import catalog
+    from .core.tables import text_table
+    from .defs.build import build_definitions
+    from .defs.demo import run_demo
+
+    shapes = {k: v for k, v in {"seed": args.seed, "n_eval_images": args.eval_images,
+                                "n_train_images": args.train_images}.items() if v is not None}  # fmt: skip
+    run_config = {"ops": {"shapes_world": {"config": shapes}}} if shapes else None
+    print(f"MIMIC demo: data in {data_dir}, Dagster instance in {home}")
+    started = time.perf_counter()
+    defs = build_definitions(data_dir=data_dir)
+    with dg.DagsterInstance.get() as instance:
+        try:
+            run_demo(defs, instance, run_config)
+        except RuntimeError as e:
+            print(f"\nmimic demo failed: {e}", file=sys.stderr)
+            return 1
+    db = catalog.catalog_path(data_dir)
+    cols, rows = catalog.query(db, catalog.named_queries("annotation_reports")["index_overview"])
+    print(f"\nAll assets materialized in {time.perf_counter() - started:.0f}s.\n")
+    print(text_table(cols, rows))
+    print(f"\nCatalogue:     {db}   (try: mimic query \"select * from annotation_builds\")")
+    print(f"Shapes world:  {Path(data_dir) / 'sources' / 'shapes'}")
+    print(f"Parquet index: {Path(data_dir) / 'index'}")
+    print(f"Dagster UI:    mimic ui   (runs, metadata and checks of this demo are in {home})")
+    return 0
+
+
+def cmd_query(args) -> int:
+    from .core import catalog
+    from .core.tables import markdown_table, text_table
+
+    db = catalog.catalog_path(_data_dir(args))
+    try:
+        cols, rows = catalog.query(db, args.sql)
+    except catalog.CatalogError as e:
+        print(f"mimic query: {e}", file=sys.stderr)
+        return 2
+    if args.format == "csv":
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(cols)
+        w.writerows(rows)
+    elif args.format == "json":
+        print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
+    elif args.format == "markdown":
+        print(markdown_table(cols, rows))
+    else:
+        print(text_table(cols, rows))
+    return 0
+
+
+def cmd_ui(args) -> int:
+    data_dir = _data_dir(args)
+    os.environ["MIMIC_DATA_DIR"] = data_dir
+    home = _ensure_dagster_home(data_dir)
+    print(f"Dagster webserver + daemon on http://{args.host}:{args.port} (DAGSTER_HOME={home})")
+    cmd = ["dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    return subprocess.call(cmd, cwd=PROJECT_ROOT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mimic", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="materialize every asset on the embedded shapes world, through Dagster")
+    d.add_argument("--data-dir", help="artefact folder (default: $MIMIC_DATA_DIR or ./data)")
+    d.add_argument("--seed", type=int, help="shapes world seed (default 0)")
+    d.add_argument("--eval-images", type=int, help="shapes world eval images (default 3000)")
+    d.add_argument("--train-images", type=int, help="shapes world train images (default 20000)")
+    d.set_defaults(func=cmd_demo)
+
+    q = sub.add_parser("query", help="run one SQL query against the catalogue, read-only")
+    q.add_argument("sql")
+    q.add_argument("--data-dir", help="artefact folder (default: $MIMIC_DATA_DIR or ./data)")
+    q.add_argument("--format", choices=["text", "csv", "json", "markdown"], default="text")
+    q.set_defaults(func=cmd_query)
+
+    u = sub.add_parser("ui", help="start the Dagster webserver and daemon on this project")
+    u.add_argument("--data-dir", help="artefact folder (default: $MIMIC_DATA_DIR or ./data)")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=3000)
+    u.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
