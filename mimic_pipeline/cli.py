@@ -99,8 +99,11 @@ def cmd_ui(args) -> int:
     os.environ["MIMIC_DATA_DIR"] = data_dir
     home = _ensure_dagster_home(data_dir)
     print(f"Dagster webserver + daemon on http://{args.host}:{args.port} (DAGSTER_HOME={home})")
-    cmd = ["dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
-    return subprocess.call(cmd, cwd=PROJECT_ROOT)
+    # `dg dev` (webserver + daemon) on this project; it must see our venv as the active one.
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "VIRTUAL_ENV": sys.prefix, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [str(bin_dir / "dg"), "dev", "--host", args.host, "--port", str(args.port)]
+    return subprocess.call(cmd, cwd=PROJECT_ROOT, env=env)
 
 
 def build_parser() -> argparse.ArgumentParser:
