@@ -4,7 +4,7 @@ Generates deterministic, realistically skewed inputs into a work folder (not tim
 loader `--runs` times, each run in a fresh interpreter so that every run starts cold (no warm
 Python caches, no memory left over from the previous run) and reports its own peak RSS. The CSV
 was just written, so it is read from the OS page cache: the numbers are parse + aggregate speed,
-not disk speed.
+not disk speed. Linux only: peak memory is read from /proc.
 
     .venv/bin/python benchmarks/index_build.py            # default: COCO val2017 size, 2M OpenImages rows
     .venv/bin/python benchmarks/index_build.py --quick    # small smoke run
@@ -55,23 +55,24 @@ OPENIMAGES_HEADER = (
 # ---------------------------------------------------------------------------------------------
 
 
-def zipf_probabilities(rng: np.random.Generator, n: int, exponent: float, first: int | None = None) -> np.ndarray:
-    """Zipf-like class frequencies over `n` classes in a random rank order (`first` gets rank 1)."""
-    order = rng.permutation(n)
-    if first is not None:
-        order = np.concatenate([[first], order[order != first]])
+def zipf_probabilities(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
+    """Zipf-like class frequencies over `n` classes, ranks in random order."""
     p = np.empty(n)
-    p[order] = 1.0 / np.arange(1, n + 1) ** exponent
+    p[rng.permutation(n)] = 1.0 / np.arange(1, n + 1) ** exponent
     return p / p.sum()
 
 
-def boxes_per_image(rng: np.random.Generator, n_images: int, n_boxes: int, shape: float) -> np.ndarray:
-    """Split `n_boxes` over images with a long tail (a few crowded images, some with none)."""
-    weights = rng.gamma(shape, size=n_images)
-    return rng.multinomial(n_boxes, weights / weights.sum())
+def boxes_per_image(rng: np.random.Generator, n_images: int, n_boxes: int, empty_share: float) -> np.ndarray:
+    """Split `n_boxes` over images with a long tail: most images hold a few boxes, some dozens;
+    `empty_share` of the images hold none."""
+    has_boxes = rng.random(n_images) >= empty_share
+    weights = rng.gamma(1.2, size=n_images) * has_boxes
+    return has_boxes + rng.multinomial(n_boxes - has_boxes.sum(), weights / weights.sum())
 
 
-def categories_with_repeats(rng, per_image: np.ndarray, p: np.ndarray, repeat: float) -> np.ndarray:
+def categories_with_repeats(
+    rng: np.random.Generator, per_image: np.ndarray, p: np.ndarray, repeat: float
+) -> np.ndarray:
     """One class per box; with probability `repeat` a box repeats the previous box's class in its
     image, as real images hold several people, cars, ... rather than independent draws."""
     n = int(per_image.sum())
@@ -100,9 +101,11 @@ def write_coco(path: Path, n_images: int, n_boxes: int, seed: int) -> None:
         for i, (w, h) in zip(image_ids, sizes, strict=True)
     ]  # fmt: skip
 
-    # Person is the most frequent class by far in COCO (about 30% of boxes); the rest follow Zipf.
-    per_image = boxes_per_image(rng, n_images, n_boxes, shape=0.9)
-    cats = categories_with_repeats(rng, per_image, zipf_probabilities(rng, 80, 1.0, first=0), repeat=0.5)
+    # As in val2017: about 1% of images without boxes, person (id 1) 30% of all boxes and the other
+    # classes a flatter Zipf tail (car, the next, has 5%).
+    per_image = boxes_per_image(rng, n_images, n_boxes, empty_share=0.01)
+    p = np.concatenate([[0.3], 0.7 * zipf_probabilities(rng, 79, 0.6)])
+    cats = categories_with_repeats(rng, per_image, p, repeat=0.5)
     owner = np.repeat(np.arange(n_images), per_image)
     img_w, img_h = sizes[owner, 0].astype(float), sizes[owner, 1].astype(float)
     crowd = rng.random(n_boxes) < 0.01
@@ -142,11 +145,12 @@ def write_coco(path: Path, n_images: int, n_boxes: int, seed: int) -> None:
 
     data = {
         "info": {"description": "synthetic COCO-sized benchmark input", "version": "1.0", "year": 2017},
-        "licenses": [{"url": "http://creativecommons.org/licenses/", "id": i, "name": f"license {i}"} for i in range(1, 9)],
+        "licenses": [{"url": "http://creativecommons.org/licenses/", "id": i, "name": f"license {i}"}
+                     for i in range(1, 9)],
         "images": images, "annotations": annotations, "categories": categories,
     }  # fmt: skip
-    with open(path, "w") as f:
-        json.dump(data, f)
+    # json.dumps, not json.dump: only the one-shot form uses the C encoder (several times faster).
+    path.write_text(json.dumps(data))
 
 
 def openimages_labels(rng: np.random.Generator, n: int) -> list[str]:
@@ -177,7 +181,8 @@ def write_openimages(folder: Path, n_rows: int, seed: int) -> dict[str, Path]:
     hierarchy = {
         "LabelName": OPENIMAGES_ROOT,
         "Subcategory": [
-            {"LabelName": g, "Subcategory": [{"LabelName": c} for c in kids]} for g, kids in zip(groups, children, strict=True)
+            {"LabelName": g, "Subcategory": [{"LabelName": c} for c in kids]}
+            for g, kids in zip(groups, children, strict=True)
         ],
     }  # fmt: skip
 
@@ -190,12 +195,13 @@ def write_openimages(folder: Path, n_rows: int, seed: int) -> dict[str, Path]:
     with open(paths["classes"], "w") as f:  # no header, exactly like OpenImages' file
         f.writelines(f"{label},Class {k}\n" for k, label in enumerate(labels))
 
-    # About 7.5 boxes per image; images sorted by id and their boxes contiguous, as in the real file.
-    n_images = max(1, round(n_rows / 7.5))
+    # About 7.5 boxes per image (only images with boxes are in the file), the most frequent class
+    # near 10% of boxes; images sorted by id and their boxes contiguous, as in the real file.
+    n_images = max(1, min(n_rows, round(n_rows / 7.5)))
     raw_ids = np.unique(rng.integers(0, 2**64, size=n_images, dtype=np.uint64))
-    per_image = boxes_per_image(rng, raw_ids.size, n_rows, shape=1.5)
+    per_image = boxes_per_image(rng, raw_ids.size, n_rows, empty_share=0.0)
     owner = np.repeat(np.arange(raw_ids.size), per_image)
-    cats = categories_with_repeats(rng, per_image, zipf_probabilities(rng, n_classes, 1.1), repeat=0.45)
+    cats = categories_with_repeats(rng, per_image, zipf_probabilities(rng, n_classes, 0.9), repeat=0.45)
 
     def coord(values: np.ndarray) -> pa.Array:
         # decimal(7,6) prints fixed six decimals ("0.012500"), the way the official CSV does.
@@ -334,10 +340,12 @@ def markdown_table(rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [COLUMNS, rule, *rows])
 
 
-def machine_line() -> str:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"machine: {cpus} CPUs ({platform.machine()}, {platform.system()}), "
-            f"Python {platform.python_version()}, DuckDB {duckdb.__version__}")  # fmt: skip
+def machine_line(load_at_start: float) -> str:
+    # The load average tells whether other work shared the CPUs: on a busy 2-core machine the
+    # DuckDB-parallel OpenImages loader can lose a third of its speed.
+    return (f"machine: {len(os.sched_getaffinity(0))} CPUs ({platform.machine()}), "
+            f"Python {platform.python_version()}, DuckDB {duckdb.__version__}, "
+            f"load average {load_at_start:.2f} at start")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,6 +376,7 @@ def main() -> None:
         return
 
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     coco_images, coco_boxes = (500, 3_600) if args.quick else (5_000, 36_000)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="index_build_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -394,7 +403,7 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
     rows = table_rows(results)
-    print(machine_line())
+    print(machine_line(load_at_start))
     print(f"{args.runs} run(s) per loader, each in a fresh process; seconds time the loader call only")
     print()
     print(plain_table(rows))
