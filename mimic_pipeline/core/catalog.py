@@ -116,3 +116,32 @@ def export_index_parquet(index: AnnotationIndex, folder: str | Path) -> dict[str
             pq.write_table(getattr(index, name), tmp, compression="zstd")
         out[name] = path
     return out
+
+
+def create_item_views(db_path: str | Path, datasets_root: str | Path) -> list[str]:
+    """(Re)create the item views over the Parquet files that exist; returns the views made."""
+    root = Path(datasets_root).resolve()
+    made = []
+    with connect_writer(db_path) as con:
+        for statement in load_sql("datasets").split(";"):
+            statement = "\n".join(line for line in statement.splitlines() if not line.startswith("--")).strip()
+            if not statement:
+                continue
+            folder = re.search(r"\{root\}/(\w+)/", statement).group(1)
+            if any((root / folder).glob("*.parquet")):
+                con.execute(statement.replace("{root}", str(root).replace("'", "''")))
+                made.append(re.search(r"view (\w+)", statement).group(1))
+    return made
+
+
+def item_check_failures(db_path: str | Path, items_parquet: str | Path, checks: list[str]) -> dict[str, tuple[list[str], list[tuple]]]:
+    """Run the named queries of sql/item_checks.sql over one items file; returns {check: (columns, offending rows)}."""
+    queries = named_queries("item_checks")
+    out = {}
+    with connect_reader(db_path) as con:
+        quoted = str(Path(items_parquet).resolve()).replace("'", "''")  # DDL takes no parameters
+        con.execute(f"create temp view items as select * from read_parquet('{quoted}')")
+        for name in checks:
+            cur = con.execute(queries[name])
+            out[name] = ([d[0] for d in cur.description], cur.fetchall())
+    return out

@@ -45,7 +45,7 @@ OPENIMAGES_BOX_HEADER = [
 # parent -> children. Four children per parent so Listing and Odd-One have room to vary.
 DEFAULT_TAXONOMY: dict[str, list[str]] = {
     "polygon": ["triangle", "square", "pentagon", "hexagon"],
-    "curved": ["circle", "ellipse", "semicircle", "ring"],
+    "round shape": ["circle", "ellipse", "semicircle", "ring"],
     "symbol": ["plus", "star", "arrow", "heart"],
 }
 

@@ -150,3 +150,13 @@ def parse_count(text: str) -> int | None:
     if match["tens"]:
         return _TENS_VALUES[match["tens"].lower()] + (_WORD_VALUES[match["unit"].lower()] if match["unit"] else 0)
     return _WORD_VALUES[match["word"].lower()]
+
+
+def number_word(n: int) -> str:
+    """0..99 in words ("twenty-one"), the inverse of parse_count on that range; digits beyond it."""
+    if 0 <= n < 20:
+        return _UNITS[n]
+    if 20 <= n < 100:
+        tens, unit = divmod(n, 10)
+        return _TENS[tens - 2] + (f"-{_UNITS[unit]}" if unit else "")
+    return str(n)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..files import config_hash
 
@@ -28,8 +29,9 @@ DEFAULT_STUDIES: dict[str, dict[str, dict]] = {
     },
     "listing": {
         "n_subcategories": {"values": [1, 2, 3, 4], "n_images": 4},
-        "distractors": {"n_distractors": [0, 1, 2, 4, 6], "n_needle_images": 2},
-        "n_images": {"values": [1, 2, 4, 6, 8, 10]},
+        # the present sub-categories are drawn first (1..max_subcategories of them), then images to match
+        "distractors": {"n_distractors": [0, 1, 2, 4, 6], "n_needle_images": 2, "max_subcategories": 4},
+        "n_images": {"values": [1, 2, 4, 6, 8, 10], "max_subcategories": 4},
     },
     "common": {"n_images": {"values": [1, 2, 4, 6, 8, 10]}},
     # Odd-One needs a minority and a majority, so at least 3 images
@@ -50,7 +52,9 @@ class Cell:
 
     @property
     def axis_value(self) -> str:
-        return "/".join(str(v) for _, v in self.values)
+        """The value(s) this study varies, e.g. "2-1-1-0" or "balanced/4" (a fixed n_images is context)."""
+        varying = [v for k, v in self.values if not (k == "n_images" and self.axis != "n_images")]
+        return "/".join(str(v) for v in varying)
 
     def get(self, name: str, default=None):
         return dict(self.values).get(name, default)
@@ -87,7 +91,7 @@ class BenchmarkConfig:
         return {"seed": self.seed, "items_per_cell": self.items_per_cell, "studies": self.study_settings(),
                 "tasks": list(self.tasks), "generator_version": GENERATOR_VERSION}  # fmt: skip
 
-    @property
+    @cached_property
     def hash(self) -> str:
         return config_hash(self.to_dict())
 
@@ -116,7 +120,7 @@ class BenchmarkConfig:
         return [Cell(task, axis, values, i) for i, (axis, values) in enumerate(cells)]
 
     def settings(self, task: str, axis: str) -> dict:
-        return self.study_settings()[task][axis]
+        return self.study_settings()[task][axis]  # a copy: samplers may not change the config
 
 
 def items_per_task(total: int, mix: dict[str, float]) -> dict[str, int]:

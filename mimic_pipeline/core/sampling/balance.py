@@ -1,0 +1,33 @@
+"""The answer-distribution report: can a task be solved by always giving its most common answer?
+
+Rule (MIMIC.md section 3): per (task, study), the majority answer's share must stay within
+1/k + 10 points, k being the number of distinct answers. Studies whose answer is fixed by design
+(counting/spread: the total is the same in every pattern) cannot meet it and are reported as such.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pyarrow as pa
+
+SLACK = 0.10
+FIXED_BY_DESIGN = {("counting", "spread")}
+
+
+def answer_balance(items: pa.Table) -> list[dict]:
+    """One row per (task, axis): n, k, majority answer and share, the limit, and whether it holds."""
+    groups: dict[tuple[str, str], Counter] = {}
+    for task, axis, answer in zip(items.column("task").to_pylist(), items.column("axis").to_pylist(),
+                                  items.column("answer").to_pylist()):  # fmt: skip
+        groups.setdefault((task, axis), Counter())[answer] += 1
+    rows = []
+    for (task, axis), counter in sorted(groups.items()):
+        n, k = sum(counter.values()), len(counter)
+        answer, top = min(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+        limit = 1 / k + SLACK
+        fixed = (task, axis) in FIXED_BY_DESIGN
+        rows.append({"task": task, "axis": axis, "n": n, "distinct_answers": k, "majority_answer": answer,
+                     "majority_share": round(top / n, 4), "limit": round(min(limit, 1.0), 4),
+                     "ok": fixed or top / n <= limit, "fixed_by_design": fixed})  # fmt: skip
+    return rows

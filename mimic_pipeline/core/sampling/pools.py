@@ -1,0 +1,235 @@
+"""The annotation index of one (source, split) in the shape samplers need: numpy arrays, no SQL.
+
+Built once per generation from the index tables; all samplers draw from it. Sizes stay linear in
+the number of (image, category) rows, so an OpenImages-scale index (1.7M images) fits in memory:
+
+* `present`: an (images x words) uint64 bitset of the categories each image holds, for set tests
+  on many candidate image sets at once (Common's "in every image", distractors' "none of these").
+* per category: the images holding it, with the count and crowd flag (counting pools).
+* the hierarchy: parents with at least two leaf children (Listing, Odd-One), and ancestors.
+
+Only *leaf* thing categories are ever queried or answered: an OpenImages class with sub-classes
+("Bird") would make "how many birds" depend on boxes labelled "Eagle". An image holding a crowd box
+of a category, or a box of one of its ancestors, is *ambiguous* for that category and never serves
+as a needle or distractor for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+class SamplingError(RuntimeError):
+    """The index cannot supply what a study asks for (too few images of some kind)."""
+
+
+@dataclass
+class CategoryPool:
+    images: np.ndarray  # int32 image indices holding the category (sorted)
+    counts: np.ndarray  # int32 instance counts in those images
+    crowd: np.ndarray  # bool: a crowd/group box of the category in the image
+
+
+@dataclass
+class SamplingIndex:
+    source: str
+    split: str
+    image_ids: np.ndarray  # str, one per image index
+    file_names: np.ndarray  # str
+    names: list[str]  # category index -> name (thing categories present in this split)
+    category_ids: list[str]
+    parent_of: dict[int, list[int]]  # category -> its parent categories (those that are categories too)
+    children_of: dict[str, list[int]]  # parent name -> leaf children (category indices), >= 2 of them
+    present: np.ndarray  # (n_images, words) uint64
+    pools: list[CategoryPool]
+    leaf: np.ndarray  # bool per category
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def words(self) -> int:
+        return self.present.shape[1]
+
+    def bits(self, categories) -> np.ndarray:
+        """The bitset (words,) of a set of category indices."""
+        out = np.zeros(self.words, dtype=np.uint64)
+        for c in categories:
+            out[c // 64] |= np.uint64(1) << np.uint64(c % 64)
+        return out
+
+    @cached_property
+    def ancestors(self) -> list[set[int]]:
+        out: list[set[int]] = []
+        for c in range(len(self.names)):
+            seen, stack = set(), list(self.parent_of.get(c, []))
+            while stack:
+                p = stack.pop()
+                if p not in seen:
+                    seen.add(p)
+                    stack.extend(self.parent_of.get(p, []))
+            out.append(seen)
+        return out
+
+    @cached_property
+    def descendants(self) -> list[set[int]]:
+        out: list[set[int]] = [set() for _ in self.names]
+        for c, anc in enumerate(self.ancestors):
+            for a in anc:
+                out[a].add(c)
+        return out
+
+    def has_any(self, images: np.ndarray, bits: np.ndarray) -> np.ndarray:
+        """Whether each image (any shape of indices) holds any category of `bits`."""
+        return np.any(self.present[images] & bits, axis=-1)
+
+    def count_pool(self, c: int, k: int) -> np.ndarray:
+        """Images with exactly `k` instances of `c`, no crowd box of it and no box of an ancestor."""
+        pool = self.pools[c]
+        keep = (pool.counts == k) & ~pool.crowd
+        images = pool.images[keep]
+        if self.ancestors[c]:
+            images = images[~self.has_any(images, self.bits(self.ancestors[c]))]
+        return images
+
+    def usable_images(self, c: int) -> np.ndarray:
+        """Images holding `c` that can serve as its needles (no crowd box, no ancestor box)."""
+        pool = self.pools[c]
+        images = pool.images[~pool.crowd]
+        if self.ancestors[c]:
+            images = images[~self.has_any(images, self.bits(self.ancestors[c]))]
+        return images
+
+    def draw_without(self, rng: np.random.Generator, avoid: np.ndarray, n: int, exclude=()) -> np.ndarray:
+        """`n` distinct random images holding no category of the bitset `avoid` (and not in `exclude`).
+
+        Rejection sampling in vectorised rounds, bounded: an index where such images are too rare
+        fails loudly instead of looping.
+        """
+        chosen: list[int] = []
+        taken = set(int(i) for i in exclude)
+        for _ in range(20):
+            cand = rng.integers(0, self.n_images, size=max(4 * n, 16))
+            ok = cand[~self.has_any(cand, avoid)]
+            for i in ok.tolist():
+                if i not in taken:
+                    taken.add(i)
+                    chosen.append(i)
+                    if len(chosen) == n:
+                        return np.array(chosen, dtype=np.int64)
+        raise SamplingError(f"{self.source}/{self.split}: fewer than {n} images free of the queried categories "
+                            "could be found; the index is too small or the categories too frequent")  # fmt: skip
+
+    def parent_masks(self, parent: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For a Listing/Odd-One parent: (children, images, masks) where `masks[i]` is the bitmask of the
+        parent's children (bit j = children[j]) in image `images[i]`; ambiguous images excluded."""
+        key = ("parent_masks", parent)
+        if key not in self.extra:
+            children = np.array(self.children_of[parent], dtype=np.int64)
+            mask = np.zeros(self.n_images, dtype=np.int64)
+            for j, c in enumerate(children):
+                mask[self.pools[int(c)].images] |= 1 << j
+            images = np.flatnonzero(mask)
+            keep = ~self.has_any(images, self.ambiguity_bits(parent))
+            self.extra[key] = (children, images[keep], mask[images[keep]])
+        return self.extra[key]
+
+    def ambiguity_bits(self, parent: str) -> np.ndarray:
+        """Categories whose presence makes an image ambiguous for `parent`: the parent class itself and
+        any non-leaf descendant (its boxes might be any child)."""
+        parent_cats = [i for i, n in enumerate(self.names) if n == parent]
+        extra = set(parent_cats)
+        for p in parent_cats:
+            extra |= {d for d in self.descendants[p] if not self.leaf[d]}
+        return self.bits(extra)
+
+    def family_bits(self, parent: str) -> np.ndarray:
+        """The parent's children plus everything that makes an image ambiguous for it (distractors hold none)."""
+        return self.bits(self.children_of[parent]) | self.ambiguity_bits(parent)
+
+
+def _rows(table: pa.Table, **equal) -> pa.Table:
+    mask = None
+    for column, value in equal.items():
+        m = pc.equal(table[column], value)
+        mask = m if mask is None else pc.and_(mask, m)
+    return table.filter(mask)
+
+
+def build_sampling_index(categories: pa.Table, images: pa.Table, counts: pa.Table, source: str, split: str) -> SamplingIndex:
+    """Arrays for sampling from the index tables (as loaded into the catalogue) of one source and split."""
+    images = _rows(images, source=source, split=split).sort_by("image_id")
+    counts = _rows(counts, source=source, split=split)
+    if images.num_rows == 0:
+        raise SamplingError(f"no images for source {source!r}, split {split!r} in the index")
+    cats = _rows(categories, source=source, is_thing=True)
+    image_ids = images.column("image_id").to_numpy(zero_copy_only=False)
+
+    # categories: the thing categories this split uses, one index each, ordered by name
+    used_ids = set(pc.unique(counts.column("category_id")).to_pylist())
+    cat_rows = [r for r in cats.to_pylist() if r["category_id"] in used_ids]
+    by_id: dict[str, str] = {}
+    parents_by_id: dict[str, set[str]] = {}
+    for r in cat_rows:
+        by_id[r["category_id"]] = r["name"]
+        if r["parent"]:
+            parents_by_id.setdefault(r["category_id"], set()).add(r["parent"])
+    # a name's children: categories of *any* split whose parent is that name (OpenImages parents may have no boxes)
+    all_children: dict[str, set[str]] = {}
+    for r in cats.to_pylist():
+        if r["parent"] and r["parent"] != r["name"]:
+            all_children.setdefault(r["parent"], set()).add(r["name"])
+    ordered = sorted(by_id, key=lambda cid: (by_id[cid], cid))
+    names = [by_id[cid] for cid in ordered]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SamplingError(f"{source}/{split}: category names used by two ids: {dupes[:5]}; questions need unique names")
+    index_of = {cid: i for i, cid in enumerate(ordered)}
+    name_index = {n: i for i, n in enumerate(names)}
+    leaf = np.array([n not in all_children for n in names], dtype=bool)
+    parent_of = {index_of[cid]: sorted(name_index[p] for p in ps if p in name_index and p != by_id[cid])
+                 for cid, ps in parents_by_id.items()}  # fmt: skip
+    children_of: dict[str, list[int]] = {}
+    for p, kids in sorted(all_children.items()):
+        leaf_kids = sorted(name_index[k] for k in kids if k in name_index and leaf[name_index[k]])
+        if len(leaf_kids) >= 2:
+            children_of[p] = leaf_kids
+
+    # per-image rows -> image index; per-category pools sorted by image
+    row_img = pc.index_in(counts.column("image_id"), value_set=images.column("image_id")).to_numpy(zero_copy_only=False)
+    row_cat = pc.index_in(counts.column("category_id"), value_set=pa.array(ordered, pa.string())).to_numpy(zero_copy_only=False)
+    if np.isnan(row_img.astype(float)).any() or np.isnan(row_cat.astype(float)).any():
+        raise SamplingError(f"{source}/{split}: instance counts point at unknown images or non-thing categories; "
+                            "rebuild the annotation index (its checks catch this)")  # fmt: skip
+    row_img, row_cat = row_img.astype(np.int64), row_cat.astype(np.int64)
+    row_cnt = counts.column("count").to_numpy().astype(np.int32)
+    row_crowd = counts.column("crowd").to_numpy(zero_copy_only=False).astype(bool)
+    words = max(1, (len(names) + 63) // 64)
+    present = np.zeros((len(image_ids), words), dtype=np.uint64)
+    np.bitwise_or.at(present, (row_img, row_cat // 64), np.left_shift(np.uint64(1), (row_cat % 64).astype(np.uint64)))
+    order = np.lexsort((row_img, row_cat))
+    bounds = np.searchsorted(row_cat[order], np.arange(len(names) + 1))
+    pools = [
+        CategoryPool(row_img[order[a:b]], row_cnt[order[a:b]], row_crowd[order[a:b]])
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+    return SamplingIndex(source, split, image_ids, images.column("file_name").to_numpy(zero_copy_only=False),
+                         names, ordered, parent_of, children_of, present, pools, leaf)  # fmt: skip
+
+
+def image_positions(index: SamplingIndex, image_ids: list[str]) -> list[int]:
+    """Image indices of ids (the index keeps ids sorted); an id not in the index is an error."""
+    ids = np.asarray(image_ids, dtype=object)
+    pos = np.searchsorted(index.image_ids, ids)
+    pos = np.clip(pos, 0, len(index.image_ids) - 1)
+    missing = [i for i, p in zip(image_ids, pos) if index.image_ids[p] != i]
+    if missing:
+        raise SamplingError(f"image ids not in the {index.source}/{index.split} index: {missing[:5]}")
+    return pos.tolist()

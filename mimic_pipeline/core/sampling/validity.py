@@ -1,0 +1,91 @@
+"""The validity engine: re-derives every item's answer from the index and checks the hard rules.
+
+Independent of how the samplers chose the images: it looks only at the item (its images, roles,
+query and stored answer) and the index's per-image presence bits and counts. Generation runs it on
+every item and refuses to write an invalid one; the Dagster check re-derives the answers once more
+in SQL (`sql/item_checks.sql`) from the catalogue.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .counting import image_count
+from .items import ItemDraft
+from .pools import SamplingIndex
+
+
+def _children_present(index: SamplingIndex, parent: str, image: int) -> set[str]:
+    return {index.names[c] for c in index.children_of[parent] if int(index.present[image][c // 64]) >> (c % 64) & 1}
+
+
+def derive_answer(index: SamplingIndex, task: str, images: list[int], query: list[str]) -> str:
+    """The canonical answer of an item, from the index alone (the oracle answers with this)."""
+    if task == "counting":
+        name_index = {n: i for i, n in enumerate(index.names)}
+        return str(sum(image_count(index, name_index[n], img) or 0 for img in images for n in query))
+    if task == "listing":
+        present = set().union(*(_children_present(index, query[0], img) for img in images))
+        return ", ".join(sorted(present))
+    if task == "common":
+        common = np.bitwise_and.reduce(index.present[images], axis=0)
+        return ", ".join(index.names[c] for c in range(len(index.names)) if int(common[c // 64]) >> (c % 64) & 1)
+    if task == "odd_one":
+        presence = _children_presence(index, query[0], images)
+        return ", ".join(sorted(name for name, c in presence.items() if c < len(images) / 2))
+    raise ValueError(f"unknown task {task!r}")
+
+
+def _children_presence(index: SamplingIndex, parent: str, images: list[int]) -> dict[str, int]:
+    presence: dict[str, int] = {}
+    for img in images:
+        for name in _children_present(index, parent, img):
+            presence[name] = presence.get(name, 0) + 1
+    return presence
+
+
+def item_problems(index: SamplingIndex, task: str, item: ItemDraft) -> list[str]:
+    """Every rule the item breaks (empty when valid)."""
+    problems: list[str] = []
+    images = [int(i) for i in item.images]
+    if len(set(images)) != len(images):
+        problems.append("an image appears twice")
+    if len(item.roles) != len(images):
+        problems.append("roles and images differ in length")
+    derived = derive_answer(index, task, images, item.query)
+    if derived != item.answer:
+        problems.append(f"answer {item.answer!r} but the index gives {derived!r}")
+
+    if task == "counting":
+        name_index = {n: i for i, n in enumerate(index.names)}
+        classes = [name_index[n] for n in item.query]
+        if any(not index.leaf[c] for c in classes):
+            problems.append("a queried class has sub-classes")
+        ancestors = index.bits(set().union(*(index.ancestors[c] for c in classes)))
+        for img, role in zip(images, item.roles):
+            counts = [image_count(index, c, img) for c in classes]
+            if any(k is None for k in counts):
+                problems.append(f"image {index.image_ids[img]} has a crowd box of a queried class")
+            elif role == "distractor" and sum(counts):
+                problems.append(f"distractor {index.image_ids[img]} holds a queried class")
+            if index.has_any(np.array([img]), ancestors)[0]:
+                problems.append(f"image {index.image_ids[img]} has a box of a parent of a queried class")
+
+    elif task in ("listing", "odd_one"):
+        parent = item.query[0]
+        for img, role in zip(images, item.roles):
+            if index.has_any(np.array([img]), index.ambiguity_bits(parent))[0]:
+                problems.append(f"image {index.image_ids[img]} holds the parent class or a non-leaf child")
+            if role == "distractor" and _children_present(index, parent, img):
+                problems.append(f"distractor {index.image_ids[img]} holds a child of {parent!r}")
+        if task == "odd_one":
+            n = len(images)
+            if n < 3:
+                problems.append("Odd-One needs at least 3 images")
+            presence = _children_presence(index, parent, images)
+            if any(c == n / 2 or (name != item.answer and c < n / 2) for name, c in presence.items()):
+                problems.append(f"presence over {n} images is {presence}: not exactly one minority child")
+
+    elif task == "common" and ", " in derived:
+        problems.append(f"several categories are in every image: {derived}")
+    return problems

@@ -1,0 +1,96 @@
+-- Re-derive every item's answer from the catalogue, independently of the Python samplers.
+-- Each query reads a relation `items` (one task's items) and returns the items that break a rule
+-- (no rows = valid). Category names join items to the index; `categories` may list a name under
+-- several ids (the shapes world's COCO and OpenImages splits), only the split's own rows match.
+
+-- name: repeated_images
+select item_id, image_ids from items where len(list_distinct(image_ids)) <> len(image_ids);
+
+-- name: counting
+with per_image as (
+    select item_id, answer, source, split, unnest(image_ids) as image_id, unnest(image_roles) as role, query
+    from items
+),
+queried as (select *, unnest(query) as name from per_image),
+per_class as (
+    select q.item_id, q.answer, q.image_id, q.role, q.name,
+           coalesce(sum(c.count), 0) as n, coalesce(bool_or(c.crowd), false) as crowd
+    from queried q
+    left join categories k on k.source = q.source and k.name = q.name and k.is_thing
+    left join instance_counts c
+      on c.source = q.source and c.split = q.split and c.image_id = q.image_id and c.category_id = k.category_id
+    group by all
+)
+select item_id, any_value(answer) as answer, sum(n) as derived,
+       bool_or(crowd) as crowd_image, bool_or(role = 'distractor' and n > 0) as distractor_holds_class
+from per_class
+group by item_id
+having derived::varchar <> any_value(answer) or bool_or(crowd) or bool_or(role = 'distractor' and n > 0);
+
+-- name: listing
+with per_image as (
+    select item_id, source, split, query[1] as parent, unnest(image_ids) as image_id, unnest(image_roles) as role
+    from items
+),
+present as (
+    select p.item_id, p.role, k.name
+    from per_image p
+    join categories k on k.source = p.source and k.parent = p.parent and k.name <> p.parent and k.is_thing
+    join instance_counts c
+      on c.source = p.source and c.split = p.split and c.image_id = p.image_id and c.category_id = k.category_id
+),
+derived as (
+    select item_id, array_to_string(list_sort(list_distinct(list(name))), ', ') as derived,
+           bool_or(role = 'distractor') as distractor_holds_child
+    from present group by item_id
+)
+select i.item_id, i.answer, d.derived, d.distractor_holds_child
+from items i left join derived d using (item_id)
+where d.derived is distinct from i.answer or d.distractor_holds_child;
+
+-- name: common
+with per_image as (
+    select item_id, source, split, len(image_ids) as n, unnest(image_ids) as image_id from items
+),
+present as (
+    select distinct p.item_id, p.n, p.image_id, k.name
+    from per_image p
+    join instance_counts c on c.source = p.source and c.split = p.split and c.image_id = p.image_id
+    join categories k on k.source = c.source and k.category_id = c.category_id and k.is_thing
+),
+in_all as (
+    select item_id, list_sort(list(name)) as names
+    from (select item_id, name from present group by item_id, name, n having count(*) = any_value(n))
+    group by item_id
+)
+select i.item_id, i.answer, a.names
+from items i left join in_all a using (item_id)
+where a.names is distinct from [i.answer];
+
+-- name: odd_one
+with per_image as (
+    select item_id, source, split, query[1] as parent, len(image_ids) as n, unnest(image_ids) as image_id from items
+),
+presence as (
+    select p.item_id, p.n, k.name, count(distinct p.image_id) as images
+    from per_image p
+    join categories k on k.source = p.source and k.parent = p.parent and k.name <> p.parent and k.is_thing
+    join instance_counts c
+      on c.source = p.source and c.split = p.split and c.image_id = p.image_id and c.category_id = k.category_id
+    group by all
+),
+derived as (
+    select item_id, list_sort(list(name) filter (where images < n / 2)) as minority,
+           bool_and(images < n / 2 or images > n / 2) as no_tie
+    from presence group by item_id
+)
+select i.item_id, i.answer, d.minority
+from items i left join derived d using (item_id)
+where d.minority is distinct from [i.answer] or not d.no_tie;
+
+-- name: train_eval_overlap
+-- train images (relation `items`) that also serve in an eval item (view `eval_items`)
+select distinct t.source, t.image_id
+from (select source, unnest(image_ids) as image_id from items) t
+join (select source, unnest(image_ids) as image_id from eval_items) e using (source, image_id)
+limit 20;
