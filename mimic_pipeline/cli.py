@@ -48,9 +48,16 @@ def cmd_demo(args) -> int:
     from .defs.build import build_definitions
     from .defs.demo import run_demo
 
-    shapes = {k: v for k, v in {"seed": args.seed, "n_eval_images": args.eval_images,
-                                "n_train_images": args.train_images}.items() if v is not None}  # fmt: skip
-    run_config = {"ops": {"shapes_world": {"config": shapes}}} if shapes else None
+    def given(**values):
+        return {k: v for k, v in values.items() if v is not None}
+
+    ops = {
+        "shapes_world": given(seed=args.seed, n_eval_images=args.eval_images, n_train_images=args.train_images),
+        "eval_items": given(seed=args.seed, items_per_cell=args.items_per_cell),
+        "train_items": given(seed=args.seed, total_items=args.train_set_items),
+        "baseline_scores": given(seed=args.seed),
+    }
+    run_config = {"ops": {name: {"config": cfg} for name, cfg in ops.items() if cfg}}
     print(f"MIMIC demo: data in {data_dir}, Dagster instance in {home}")
     started = time.perf_counter()
     defs = build_definitions(data_dir=data_dir)
@@ -61,12 +68,15 @@ def cmd_demo(args) -> int:
             print(f"\nmimic demo failed: {e}", file=sys.stderr)
             return 1
     db = catalog.catalog_path(data_dir)
-    cols, rows = catalog.query(db, catalog.named_queries("annotation_reports")["index_overview"])
     print(f"\nAll assets materialized in {time.perf_counter() - started:.0f}s.\n")
-    print(text_table(cols, rows))
+    for report, sql_file, name in (("Annotation index", "annotation_reports", "index_overview"),
+                                   ("Item sets and reference baselines (accuracy %)", "dataset_reports", "items_overview")):
+        cols, rows = catalog.query(db, catalog.named_queries(sql_file)[name])
+        print(f"{report}:\n{text_table(cols, rows)}\n")
     print(f"\nCatalogue:     {db}   (try: mimic query \"select * from annotation_builds\")")
     print(f"Shapes world:  {Path(data_dir) / 'sources' / 'shapes'}")
     print(f"Parquet index: {Path(data_dir) / 'index'}")
+    print(f"Item sets:     {Path(data_dir) / 'datasets'}   (views eval_items, train_items)")
     print(f"Dagster UI:    mimic ui   (runs, metadata and checks of this demo are in {home})")
     return 0
 
@@ -115,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, help="shapes world seed (default 0)")
     d.add_argument("--eval-images", type=int, help="shapes world eval images (default 3000)")
     d.add_argument("--train-images", type=int, help="shapes world train images (default 20000)")
+    d.add_argument("--items-per-cell", type=int, help="eval items per (task, study, value) cell (default 100)")
+    d.add_argument("--train-set-items", type=int, help="training items over all tasks (default 198000)")
     d.set_defaults(func=cmd_demo)
 
     q = sub.add_parser("query", help="run one SQL query against the catalogue, read-only")

@@ -7,18 +7,22 @@ writing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
+import pyarrow as pa
 
 from .annotations.index import INDEX_TABLES, AnnotationIndex
 from .files import atomic_path
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 CATALOG_FILE = "mimic.duckdb"
+SCHEMA_FILES = ("annotations", "evaluation")  # DDL applied on every writer connection (idempotent)
 
 
 class CatalogError(RuntimeError):
@@ -52,8 +56,37 @@ def connect_writer(db_path: str | Path) -> duckdb.DuckDBPyConnection:
     except duckdb.IOException as e:
         raise CatalogError(f"cannot open {db_path} for writing ({e}); another process holds it: "
                            "wait for the running materialization or stop the process that holds it") from None  # fmt: skip
-    con.execute(load_sql("annotations"))
+    for name in SCHEMA_FILES:
+        con.execute(_ddl(load_sql(name)))
     return con
+
+
+def _ddl(sql: str) -> str:
+    """The statements of a .sql file before its first named query."""
+    return re.split(r"^-- name:", sql, maxsplit=1, flags=re.M)[0]
+
+
+@contextlib.contextmanager
+def transaction(db_path: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A writer connection inside one transaction: committed if the block succeeds, else rolled back."""
+    with connect_writer(db_path) as con:
+        con.execute("begin transaction")
+        try:
+            yield con
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+
+
+def replace_rows(db_path: str | Path, table: str, where: dict, rows: pa.Table) -> int:
+    """Delete the rows of `table` matching `where` and insert `rows`, in one transaction."""
+    cond = " and ".join(f"{k} = ?" for k in where)
+    with transaction(db_path) as con:
+        con.execute(f"delete from {table} where {cond}", list(where.values()))
+        con.register("new_rows", rows)
+        con.execute(f"insert into {table} by name select * from new_rows")
+    return rows.num_rows
 
 
 def connect_reader(db_path: str | Path) -> duckdb.DuckDBPyConnection:
@@ -84,24 +117,18 @@ def replace_source_index(db_path: str | Path, index: AnnotationIndex, config_has
     A failure anywhere rolls back, leaving the previous rows of that source (and every other source)
     exactly as they were.
     """
-    with connect_writer(db_path) as con:
-        con.execute("begin transaction")
-        try:
-            for name, table in index.tables().items():
-                con.execute(f"delete from {name} where source = ?", [index.source])
-                con.register(f"new_{name}", table)
-                con.execute(f"insert into {name} by name select * from new_{name}")
-                con.unregister(f"new_{name}")
-            counts = index.row_counts()
-            con.execute(
-                "insert into annotation_builds values (?, ?, ?, ?, ?, ?, ?, ?)",
-                [index.source, datetime.now(timezone.utc).replace(tzinfo=None), json.dumps(index.source_files),
-                 json.dumps(index.notes), config_hash, counts["categories"], counts["images"], counts["instance_counts"]],
-            )  # fmt: skip
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
+    counts = index.row_counts()
+    with transaction(db_path) as con:
+        for name, table in index.tables().items():
+            con.execute(f"delete from {name} where source = ?", [index.source])
+            con.register(f"new_{name}", table)
+            con.execute(f"insert into {name} by name select * from new_{name}")
+            con.unregister(f"new_{name}")
+        con.execute(
+            "insert into annotation_builds values (?, ?, ?, ?, ?, ?, ?, ?)",
+            [index.source, datetime.now(timezone.utc).replace(tzinfo=None), json.dumps(index.source_files),
+             json.dumps(index.notes), config_hash, counts["categories"], counts["images"], counts["instance_counts"]],
+        )  # fmt: skip
     return counts
 
 

@@ -6,14 +6,15 @@ import os
 
 import dagster as dg
 
-from . import annotations
+from . import annotations, datasets
 from .resources import DEFAULT_DATA_DIR, AnnotationSources, MimicPaths
 
 
 def build_definitions(data_dir: str | None = None, sources: AnnotationSources | None = None) -> dg.Definitions:
     """Definitions with resources read from the environment unless given (tests pass their own)."""
     return dg.Definitions(
-        assets=[annotations.shapes_world, annotations.annotation_index],
+        assets=[annotations.shapes_world, annotations.annotation_index,
+                datasets.eval_items, datasets.train_items, datasets.baseline_scores],
         resources={
             "paths": MimicPaths(data_dir=data_dir or os.environ.get("MIMIC_DATA_DIR", DEFAULT_DATA_DIR)),
             "sources": sources or AnnotationSources.from_env(),

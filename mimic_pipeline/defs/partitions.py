@@ -2,7 +2,12 @@
 
 import dagster as dg
 
+from ..core.sampling.config import TASKS
+
 # Annotation sources. `shapes` is the embedded default; `coco` and `openimages` are the user's real
 # files, configured through the `sources` resource (see README, "Bring your own data").
 SOURCES = ["shapes", "coco", "openimages"]
 source_partitions = dg.StaticPartitionsDefinition(SOURCES)
+
+# MIMIC tasks: eval sets, training sets and baseline scores are partitioned by task.
+task_partitions = dg.StaticPartitionsDefinition(list(TASKS))

@@ -35,6 +35,14 @@ class MimicPaths(dg.ConfigurableResource):
     def index_dir(self, source: str) -> Path:
         return self.root / "index" / source
 
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
 
 class AnnotationSources(dg.ConfigurableResource):
     """Where the user's real annotation files are. Unset paths mean "source not configured".
@@ -77,6 +85,12 @@ class AnnotationSources(dg.ConfigurableResource):
         if source == "openimages":
             return bool(self.openimages_boxes and self.openimages_classes and self.openimages_hierarchy)
         return False
+
+    def image_root(self, source: str, split: str, paths: MimicPaths) -> str:
+        """The folder an item's image paths start from (empty when the user gave no image folder)."""
+        if source == "shapes":
+            return str(paths.source_dir("shapes") / split / "images")
+        return {"coco": self.coco_images, "openimages": self.openimages_images}.get(source) or ""
 
     def parts(self, source: str, paths: MimicPaths) -> list[CocoFiles | OpenImagesFiles]:
         """The file sets of `source`; raises with the settings to make when it is not configured."""

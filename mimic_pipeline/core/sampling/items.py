@@ -68,3 +68,24 @@ def write_items(table: pa.Table, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         pq.write_table(table.cast(ITEM_SCHEMA), tmp, compression="zstd", row_group_size=50_000)
     return path
+
+
+def llava_conversations(table: pa.Table) -> list[dict]:
+    """Items in the LLaVA training format: an image list and human/assistant turns, one `<image>` per image."""
+    out = []
+    for item_id, paths, question, answer in zip(table.column("item_id").to_pylist(), table.column("image_paths").to_pylist(),
+                                                table.column("question").to_pylist(), table.column("answer").to_pylist()):  # fmt: skip
+        out.append({
+            "id": item_id,
+            "image": paths,
+            "conversations": [{"from": "human", "value": "<image>\n" * len(paths) + question},
+                              {"from": "gpt", "value": answer}],
+        })  # fmt: skip
+    return out
+
+
+def write_llava_json(table: pa.Table, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(llava_conversations(table), separators=(",", ":")))
+    return path

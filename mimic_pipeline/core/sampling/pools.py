@@ -233,3 +233,17 @@ def image_positions(index: SamplingIndex, image_ids: list[str]) -> list[int]:
     if missing:
         raise SamplingError(f"image ids not in the {index.source}/{index.split} index: {missing[:5]}")
     return pos.tolist()
+
+
+def sampling_index_from_parquet(folder, source: str, split: str) -> SamplingIndex:
+    """The sampling index of one split, from the index Parquet files the annotation stage writes."""
+    import pyarrow.parquet as pq
+    from pathlib import Path
+
+    folder = Path(folder)
+    missing = [t for t in ("categories", "images", "instance_counts") if not (folder / f"{t}.parquet").exists()]
+    if missing:
+        raise SamplingError(f"no annotation index for source {source!r} in {folder} ({', '.join(missing)} missing): "
+                            f"materialize annotation_index[{source}] first")  # fmt: skip
+    tables = [pq.read_table(folder / f"{t}.parquet") for t in ("categories", "images", "instance_counts")]
+    return build_sampling_index(*tables, source=source, split=split)

@@ -1,0 +1,235 @@
+"""Stage `datasets`: MIMIC eval sets and the procedural training set, per task, plus baseline scores."""
+
+import json
+import time
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.parquet as pq
+
+from ..core import catalog
+from ..core.baselines import BASELINES, baseline_answers
+from ..core.evaluation import metric_rows, score_predictions
+from ..core.files import atomic_path, config_hash
+from ..core.sampling.balance import answer_balance
+from ..core.sampling.config import DEFAULT_TRAIN_MIX, GENERATOR_VERSION, BenchmarkConfig, items_per_task
+from ..core.sampling.generate import cell_sizes, generate_task
+from ..core.sampling.items import ITEM_SCHEMA, write_items, write_llava_json
+from ..core.sampling.pools import SamplingError, SamplingIndex, sampling_index_from_parquet
+from ..core.tables import markdown_table
+from .annotations import annotation_index
+from .metadata import table_metadata
+from .partitions import task_partitions
+from .resources import AnnotationSources, MimicPaths
+
+GROUP = "datasets"
+OWNERS = ["team:mimic"]
+ITEM_COLUMNS = {
+    "item_id": "purpose.task.study.value.number", "axis": "the study this item belongs to",
+    "axis_value": "the study's value for this item (the cell)", "query": "queried class names, or the parent",
+    "image_roles": "needle (holds what is asked about) or distractor, per image",
+    "answer_struct": "JSON: per-image counts or category lists behind the answer",
+    "config_hash": "hash of the benchmark config (studies, sizes, seed)",
+}  # fmt: skip
+
+
+class BenchmarkSettings(dg.Config):
+    """Which index the items come from and how the benchmark is sized (MIMIC.md section 3)."""
+
+    source: str = "shapes"
+    seed: int = 0
+    studies_json: str = ""  # JSON object overriding the default studies (see core/sampling/config.py)
+
+    def benchmark(self, items_per_cell: int = 100) -> BenchmarkConfig:
+        studies = json.loads(self.studies_json) if self.studies_json else None
+        return BenchmarkConfig(seed=self.seed, items_per_cell=items_per_cell, studies=studies)
+
+
+class EvalSetSettings(BenchmarkSettings):
+    split: str = "eval"
+    items_per_cell: int = 100
+
+
+class TrainSetSettings(BenchmarkSettings):
+    split: str = "train"
+    total_items: int = 198_000
+    mix_json: str = json.dumps(DEFAULT_TRAIN_MIX)  # task -> share of the training items
+
+
+def _load_index(context, paths: MimicPaths, source: str, split: str) -> SamplingIndex:
+    started = time.perf_counter()
+    try:
+        index = sampling_index_from_parquet(paths.index_dir(source), source, split)
+    except SamplingError as e:
+        raise dg.Failure(description=str(e)) from e
+    context.log.info(f"{source}/{split}: {index.n_images} images, {len(index.names)} categories, "
+                     f"{len(index.children_of)} parents loaded in {time.perf_counter() - started:.1f}s")  # fmt: skip
+    return index
+
+
+def _progress(context):
+    started = time.perf_counter()
+
+    def log(task: str, done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        context.log.info(f"{task}: {done}/{total} items ({rate:.0f} items/s)")
+
+    return log
+
+
+def _item_checks(paths: MimicPaths, path, task: str, table: pa.Table, extra: list[dg.AssetCheckResult] = ()) -> list:
+    """Validity (answers re-derived in SQL from the catalogue) and the answer-balance rule."""
+    failures = catalog.item_check_failures(paths.catalog, path, ["repeated_images", task])
+    bad = {name: rows for name, (cols, rows) in failures.items() if rows}
+    examples = "\n\n".join(f"**{name}**\n\n" + markdown_table(failures[name][0], rows[:5]) for name, rows in bad.items())
+    balance = answer_balance(table)
+    unbalanced = [r for r in balance if not r["ok"]]
+    return [
+        dg.AssetCheckResult(check_name="answers_rederived", passed=not bad,
+                            metadata={"invalid_items": sum(len(r) for r in bad.values()), "examples": dg.MetadataValue.md(examples or "none")}),
+        dg.AssetCheckResult(check_name="answer_balance", passed=not unbalanced,
+                            metadata={"report": dg.MetadataValue.md(markdown_table(list(balance[0]), [tuple(r.values()) for r in balance]))}),
+        *extra,
+    ]  # fmt: skip
+
+
+def _item_metadata(table: pa.Table, path, seconds: float, cfg: BenchmarkConfig, index: SamplingIndex) -> dict:
+    preview_cols = ["item_id", "n_images", "question", "answer"]
+    rows = [tuple(r[c] for c in preview_cols) for r in table.slice(0, 8).select(preview_cols).to_pylist()]
+    return {
+        **table_metadata(row_count=table.num_rows, schema=ITEM_SCHEMA, uri=path, preview=(preview_cols, rows),
+                         descriptions=ITEM_COLUMNS),  # fmt: skip
+        "items_per_second": round(table.num_rows / max(seconds, 1e-9), 1),
+        "seconds": round(seconds, 2),
+        "config_hash": cfg.hash,
+        "generator_version": GENERATOR_VERSION,
+        "source": f"{index.source}/{index.split}",
+    }
+
+
+CHECKS = [("answers_rederived", "every answer re-derived in SQL from the catalogue; distractors hold no queried class; images distinct"),
+          ("answer_balance", "no study is solvable by its most common answer beyond 1/k + 10 points (fixed-by-design studies exempt)")]  # fmt: skip
+
+
+@dg.asset(
+    partitions_def=task_partitions,
+    deps=[dg.AssetDep(annotation_index, partition_mapping=dg.AllPartitionMapping())],
+    group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, tags={"stage": "datasets"}, pool="duckdb",
+    code_version=GENERATOR_VERSION,
+    check_specs=[dg.AssetCheckSpec(n, asset="eval_items", description=d, blocking=True) for n, d in CHECKS],
+)  # fmt: skip
+def eval_items(context: dg.AssetExecutionContext, config: EvalSetSettings, paths: MimicPaths, sources: AnnotationSources) -> dg.MaterializeResult:
+    """MIMIC eval set of one task: `items_per_cell` items for every (study, axis value) cell.
+
+    Drawn from the COCO-format index (the shapes world's eval split by default; real COCO val2017
+    with `source: coco, split: val2017`). Every item is re-derived from the index before it is
+    written, and again in SQL by the blocking check. Parquet at `datasets/eval/<task>.parquet`,
+    queryable as the DuckDB view `eval_items`.
+    """
+    task = context.partition_key
+    cfg = config.benchmark(config.items_per_cell)
+    index = _load_index(context, paths, config.source, config.split)
+    started = time.perf_counter()
+    try:
+        table = generate_task(index, task, cfg, "eval", sources.image_root(config.source, config.split, paths),
+                              progress=_progress(context))  # fmt: skip
+    except SamplingError as e:
+        raise dg.Failure(description=str(e)) from e
+    seconds = time.perf_counter() - started
+    path = write_items(table, paths.datasets / "eval" / f"{task}.parquet")
+    catalog.create_item_views(paths.catalog, paths.datasets)
+    return dg.MaterializeResult(
+        metadata={**_item_metadata(table, path, seconds, cfg, index), "cells": len(cfg.cells(task))},
+        check_results=_item_checks(paths, path, task, table),
+        data_version=dg.DataVersion(config_hash({"cfg": cfg.hash, "task": task, "source": config.source, "split": config.split})),
+    )
+
+
+@dg.asset(
+    partitions_def=task_partitions,
+    deps=[dg.AssetDep(annotation_index, partition_mapping=dg.AllPartitionMapping())],
+    group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb", "json"}, tags={"stage": "datasets"}, pool="duckdb",
+    code_version=GENERATOR_VERSION,
+    check_specs=[*(dg.AssetCheckSpec(n, asset="train_items", description=d, blocking=True) for n, d in CHECKS),
+                 dg.AssetCheckSpec("disjoint_from_eval", asset="train_items", blocking=True,
+                                   description="no training image is used by any eval item")],
+)  # fmt: skip
+def train_items(context: dg.AssetExecutionContext, config: TrainSetSettings, paths: MimicPaths, sources: AnnotationSources) -> dg.MaterializeResult:
+    """Procedural multi-image training set, this task's share of `total_items` (198K by default).
+
+    Drawn from the OpenImages-format index (the shapes world's train split by default), up to 10
+    images per item, with the same studies and validity rules as the eval sets. Written as Parquet
+    (`datasets/train/<task>.parquet`, DuckDB view `train_items`) and in the LLaVA conversation
+    format a trainer reads (`datasets/llava/<task>.json`: image list + human/assistant turns).
+    """
+    task = context.partition_key
+    cfg = config.benchmark()
+    n_items = items_per_task(config.total_items, json.loads(config.mix_json)).get(task, 0)
+    index = _load_index(context, paths, config.source, config.split)
+    started = time.perf_counter()
+    try:
+        table = generate_task(index, task, cfg, "train", sources.image_root(config.source, config.split, paths),
+                              sizes=cell_sizes(cfg.cells(task), n_items), progress=_progress(context))  # fmt: skip
+    except SamplingError as e:
+        raise dg.Failure(description=str(e)) from e
+    seconds = time.perf_counter() - started
+    path = write_items(table, paths.datasets / "train" / f"{task}.parquet")
+    llava = write_llava_json(table, paths.datasets / "llava" / f"{task}.json")
+    views = catalog.create_item_views(paths.catalog, paths.datasets)
+    if "eval_items" in views:
+        cols, overlap = catalog.item_check_failures(paths.catalog, path, ["train_eval_overlap"])["train_eval_overlap"]
+        disjoint = dg.AssetCheckResult(check_name="disjoint_from_eval", passed=not overlap,
+                                       metadata={"shared_images": dg.MetadataValue.md(markdown_table(cols, overlap) if overlap else "none")})  # fmt: skip
+    else:
+        disjoint = dg.AssetCheckResult(check_name="disjoint_from_eval", passed=False, severity=dg.AssetCheckSeverity.WARN,
+                                       description="no eval items yet: materialize eval_items, then this check again")  # fmt: skip
+    return dg.MaterializeResult(
+        metadata={**_item_metadata(table, path, seconds, cfg, index), "llava_json": dg.MetadataValue.path(str(llava))},
+        check_results=_item_checks(paths, path, task, table, [disjoint]),
+        data_version=dg.DataVersion(config_hash({"cfg": cfg.hash, "task": task, "n": n_items, "source": config.source})),
+    )
+
+
+@dg.asset(
+    partitions_def=task_partitions,
+    deps=[eval_items],
+    group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, tags={"stage": "datasets"}, pool="duckdb",
+    code_version=GENERATOR_VERSION,
+    check_specs=[dg.AssetCheckSpec("oracle_scores_100", asset="baseline_scores", blocking=True,
+                                   description="the oracle (answers from the index) is right on every item: generator and scorer agree")],
+)  # fmt: skip
+def baseline_scores(context: dg.AssetExecutionContext, config: EvalSetSettings, paths: MimicPaths) -> dg.MaterializeResult:
+    """Reference baselines on one task's eval set, through the same scoring path as models.
+
+    `oracle` answers from the annotation index in varied phrasings (must score 100), `majority`
+    gives the most common answer of the study, `random` a random one of its answers. Predictions at
+    `predictions/baselines/<task>.parquet`, metrics in the DuckDB table `eval_metrics`.
+    """
+    task = context.partition_key
+    items = pq.read_table(paths.datasets / "eval" / f"{task}.parquet")
+    index = _load_index(context, paths, items.column("source")[0].as_py(), items.column("split")[0].as_py())
+    tables = [score_predictions(items, baseline_answers(name, items, index, config.seed), name, vocabulary=index.names)
+              for name in BASELINES]  # fmt: skip
+    predictions = pa.concat_tables(tables)
+    path = paths.predictions / "baselines" / f"{task}.parquet"
+    with atomic_path(path) as tmp:
+        pq.write_table(predictions, tmp, compression="zstd")
+    metrics = pa.Table.from_pylist(metric_rows(predictions))
+    for name in BASELINES:
+        catalog.replace_rows(paths.catalog, "eval_metrics", {"checkpoint": name, "task": task, "variant": "default"},
+                             metrics.filter(pa.compute.equal(metrics["checkpoint"], name)))  # fmt: skip
+    oracle_wrong = [r for r in tables[0].to_pylist() if not r["correct"]]
+    cols, summary = catalog.query(paths.catalog, catalog.named_queries("evaluation")["baseline_summary"], {"task": task})
+    # one stable numeric key per baseline, so the UI plots it across materializations
+    accuracy = {f"{t.column('checkpoint')[0].as_py()}_accuracy": round(100 * pa.compute.mean(t.column("correct").cast(pa.float64())).as_py(), 2)
+                for t in tables}  # fmt: skip
+    return dg.MaterializeResult(
+        metadata={**table_metadata(row_count=predictions.num_rows, uri=path, preview=(cols, summary)), **accuracy},
+        check_results=[dg.AssetCheckResult(
+            check_name="oracle_scores_100", passed=not oracle_wrong,
+            metadata={"wrong_items": len(oracle_wrong),
+                      "examples": dg.MetadataValue.md(markdown_table(["item_id", "raw_answer", "parsed"],
+                                                                     [(r["item_id"], r["raw_answer"], r["parsed"]) for r in oracle_wrong[:5]]))},
+        )],  # fmt: skip
+    )
