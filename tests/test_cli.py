@@ -25,18 +25,29 @@ def mimic(*args, env=None, check=True):
 def test_demo_materializes_everything_through_dagster_and_query_answers(tmp_path):
     home = tmp_path / "dagster_home"
     data = tmp_path / "data"
-    out = mimic("demo", "--data-dir", str(data), "--eval-images", "30", "--train-images", "50", env={"DAGSTER_HOME": str(home)})
-    assert "[1/2] materializing shapes_world" in out.stdout and "[2/2] materializing annotation_index[shapes]" in out.stdout
+    out = mimic("demo", "--data-dir", str(data), "--eval-images", "300", "--train-images", "400", "--items-per-cell", "4",
+                "--train-set-items", "120", env={"DAGSTER_HOME": str(home)})  # fmt: skip
+    assert "[1/14] materializing shapes_world" in out.stdout and "[2/14] materializing annotation_index[shapes]" in out.stdout
+    assert "[14/14] materializing baseline_scores[odd_one]" in out.stdout
     assert f"Catalogue:     {data / 'mimic.duckdb'}" in out.stdout
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 2 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        assert len(runs) == 14 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
         assert all(r.tags.get("mimic/demo") == "true" for r in runs)
 
     q = mimic("query", "select split, count(*) as n from images group by 1 order by 1", "--data-dir", str(data), "--format", "json")
     got = {r["split"]: r["n"] for r in json.loads(q.stdout)}
-    assert got["eval"] == 30 and 0 < got["train"] <= 50
+    assert got["eval"] == 300 and 0 < got["train"] <= 400
+
+    q = mimic("query", "select checkpoint, round(min(value), 4) as worst from eval_metrics where metric = 'accuracy' "
+              "group by 1 order by 1", "--data-dir", str(data), "--format", "json")  # fmt: skip
+    worst = {r["checkpoint"]: r["worst"] for r in json.loads(q.stdout)}
+    assert set(worst) == {"oracle", "majority", "random"} and worst["oracle"] == 1.0
+    counts = mimic("query", "select count(*) from eval_items", "--data-dir", str(data), "--format", "csv").stdout
+    assert int(counts.splitlines()[1]) == 4 * (24 + 15 + 6 + 5)  # items per cell x cells of the four tasks
+    train = mimic("query", "select count(*) from train_items", "--data-dir", str(data), "--format", "csv").stdout
+    assert int(train.splitlines()[1]) == 120
 
     bad = mimic("query", "drop table images", "--data-dir", str(data), check=False)
     assert bad.returncode == 2 and "read-only mode" in bad.stderr
