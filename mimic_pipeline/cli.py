@@ -55,6 +55,7 @@ def cmd_demo(args) -> int:
         "shapes_world": given(seed=args.seed, n_eval_images=args.eval_images, n_train_images=args.train_images),
         "eval_items": given(seed=args.seed, items_per_cell=args.items_per_cell),
         "train_items": given(seed=args.seed, total_items=args.train_set_items),
+        "single_image_items": given(seed=args.seed, n_items=args.single_image_items),
         "baseline_scores": given(seed=args.seed),
     }
     run_config = {"ops": {name: {"config": cfg} for name, cfg in ops.items() if cfg}}
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train-images", type=int, help="shapes world train images (default 20000)")
     d.add_argument("--items-per-cell", type=int, help="eval items per (task, study, value) cell (default 100)")
     d.add_argument("--train-set-items", type=int, help="training items over all tasks (default 198000)")
+    d.add_argument("--single-image-items", type=int, help="single-image instruction items (default 60000)")
     d.set_defaults(func=cmd_demo)
 
     q = sub.add_parser("query", help="run one SQL query against the catalogue, read-only")

@@ -8,6 +8,8 @@ with sets as (
     union all
     select 'train', task, count(*), count(distinct (axis, axis_value)), round(avg(n_images), 1)
     from train_items group by all
+    union all
+    select 'single_image', task, count(*), 1, 1.0 from single_image_items group by all
 ),
 baseline as (
     select task, checkpoint, round(100 * sum(value * n) / sum(n), 1) as accuracy

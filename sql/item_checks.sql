@@ -94,3 +94,16 @@ select distinct t.source, t.image_id
 from (select source, unnest(image_ids) as image_id from items) t
 join (select source, unnest(image_ids) as image_id from eval_items) e using (source, image_id)
 limit 20;
+
+-- name: presence
+-- single-image yes/no questions: "yes" exactly when the image holds the class
+with asked as (select item_id, answer, source, split, image_ids[1] as image_id, query[1] as name from items),
+derived as (
+    select a.item_id, a.answer, case when count(c.category_id) > 0 then 'yes' else 'no' end as derived
+    from asked a
+    left join categories k on k.source = a.source and k.name = a.name and k.is_thing
+    left join instance_counts c
+      on c.source = a.source and c.split = a.split and c.image_id = a.image_id and c.category_id = k.category_id
+    group by all
+)
+select * from derived where derived <> answer;

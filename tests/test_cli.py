@@ -26,14 +26,14 @@ def test_demo_materializes_everything_through_dagster_and_query_answers(tmp_path
     home = tmp_path / "dagster_home"
     data = tmp_path / "data"
     out = mimic("demo", "--data-dir", str(data), "--eval-images", "300", "--train-images", "400", "--items-per-cell", "4",
-                "--train-set-items", "120", env={"DAGSTER_HOME": str(home)})  # fmt: skip
-    assert "[1/14] materializing shapes_world" in out.stdout and "[2/14] materializing annotation_index[shapes]" in out.stdout
-    assert "[14/14] materializing baseline_scores[odd_one]" in out.stdout
+                "--train-set-items", "120", "--single-image-items", "200", env={"DAGSTER_HOME": str(home)})  # fmt: skip
+    assert "[1/15] materializing shapes_world" in out.stdout and "[2/15] materializing annotation_index[shapes]" in out.stdout
+    assert "[15/15] materializing baseline_scores[odd_one]" in out.stdout
     assert f"Catalogue:     {data / 'mimic.duckdb'}" in out.stdout
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 14 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        assert len(runs) == 15 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
         assert all(r.tags.get("mimic/demo") == "true" for r in runs)
 
     q = mimic("query", "select split, count(*) as n from images group by 1 order by 1", "--data-dir", str(data), "--format", "json")
@@ -48,6 +48,8 @@ def test_demo_materializes_everything_through_dagster_and_query_answers(tmp_path
     assert int(counts.splitlines()[1]) == 4 * (24 + 15 + 6 + 5)  # items per cell x cells of the four tasks
     train = mimic("query", "select count(*) from train_items", "--data-dir", str(data), "--format", "csv").stdout
     assert int(train.splitlines()[1]) == 120
+    single = mimic("query", "select task, count(*) from single_image_items group by 1 order by 1", "--data-dir", str(data), "--format", "csv").stdout
+    assert single.splitlines()[1:] == ["counting,100", "listing,40", "presence,60"]
 
     bad = mimic("query", "drop table images", "--data-dir", str(data), check=False)
     assert bad.returncode == 2 and "read-only mode" in bad.stderr

@@ -11,7 +11,6 @@ from mimic_pipeline.core import catalog
 from mimic_pipeline.core.shapes_world import ShapesWorldConfig
 from mimic_pipeline.defs import annotations as A
 from mimic_pipeline.defs.build import build_definitions
-from mimic_pipeline.defs.demo import demo_steps
 from mimic_pipeline.defs.resources import AnnotationSources
 
 from .conftest import REAL_DATA, real_data
@@ -97,26 +96,3 @@ def test_configured_coco_source_and_a_bad_file_keeps_the_catalogue(tmp_path):
     assert f"{corrupt}: is not valid JSON" in msg and "download or export the COCO annotation file again" in msg
     assert catalog.query(db, "select * from instance_counts order by all")[1] == before
     assert catalog.query(db, "select count(*) from annotation_builds")[1] == [(1,)]
-
-
-def test_assets_carry_descriptions_groups_kinds_owners():
-    defs = build_definitions(data_dir="unused", sources=AnnotationSources())
-    graph = defs.resolve_asset_graph()
-    for key in graph.get_all_asset_keys():
-        node = graph.get(key)
-        assert node.description and len(node.description) > 40, key
-        assert node.group_name == "annotations"
-        assert node.owners == ["team:mimic"]
-        assert node.kinds
-    specs = {s.name: s for s in A.annotation_index.check_specs}
-    assert all(s.blocking for s in specs.values()) and len(specs) == 3
-    assert A.annotation_index.op.pool == "duckdb"
-
-
-def test_demo_plan_covers_every_asset_and_only_configured_sources():
-    defs = build_definitions(data_dir="unused", sources=AnnotationSources())
-    steps = demo_steps(defs)
-    assert {s.asset_key for s in steps} == set(defs.resolve_asset_graph().get_all_asset_keys())
-    assert [(s.asset_key.to_user_string(), s.partition_key) for s in steps] == [("shapes_world", None), ("annotation_index", "shapes")]
-    with_coco = build_definitions(data_dir="unused", sources=AnnotationSources(coco_annotations="x.json"))
-    assert [s.partition_key for s in demo_steps(with_coco)] == [None, "shapes", "coco"]

@@ -180,7 +180,7 @@ def test_name_empty_prediction(text):
 
 
 def test_unknown_task():
-    message = "unknown task 'sorting'; known tasks: counting, listing, common, odd_one"
+    message = "unknown task 'sorting'; known tasks: counting, listing, common, odd_one, presence"
     with pytest.raises(ValueError, match=f"^{message}$"):
         score_answer("sorting", "4", counting_item(4))
     with pytest.raises(ValueError, match=f"^{message}$"):
@@ -247,3 +247,11 @@ def test_aggregate_without_items():
     intervals = (result["ci_low"], result["ci_high"], result["f1_ci_low"], result["f1_ci_high"])
     assert (result["n"], intervals) == (0, (0.0, 1.0, 0.0, 1.0))
     assert set(aggregate("common", [])) == {"accuracy", "n", "ci_low", "ci_high", "unparseable"}
+
+
+@pytest.mark.parametrize("text, parsed, correct", [("yes", "yes", True), ("Yes, there is one.", "yes", True),
+                                                    ("No, there is none.", "no", False), ("nope", None, False),
+                                                    ("I see yesterday's shapes", None, False)])  # fmt: skip
+def test_presence_yes_no(text, parsed, correct):
+    s = score_answer("presence", text, {"answer": "yes"})
+    assert (s.parsed, s.correct, s.parse_ok) == (parsed, correct, parsed is not None)

@@ -161,13 +161,16 @@ def create_item_views(db_path: str | Path, datasets_root: str | Path) -> list[st
     return made
 
 
-def item_check_failures(db_path: str | Path, items_parquet: str | Path, checks: list[str]) -> dict[str, tuple[list[str], list[tuple]]]:
-    """Run the named queries of sql/item_checks.sql over one items file; returns {check: (columns, offending rows)}."""
+def item_check_failures(db_path: str | Path, items_parquet: str | Path, checks: list[str],
+                        task: str | None = None) -> dict[str, tuple[list[str], list[tuple]]]:  # fmt: skip
+    """Run the named queries of sql/item_checks.sql over one items file (only `task`'s items when given);
+    returns {check: (columns, offending rows)}."""
     queries = named_queries("item_checks")
+    quoted = str(Path(items_parquet).resolve()).replace("'", "''")  # DDL takes no parameters
+    where = f" where task = '{task}'" if task else ""
     out = {}
     with connect_reader(db_path) as con:
-        quoted = str(Path(items_parquet).resolve()).replace("'", "''")  # DDL takes no parameters
-        con.execute(f"create temp view items as select * from read_parquet('{quoted}')")
+        con.execute(f"create temp view items as select * from read_parquet('{quoted}'){where}")
         for name in checks:
             cur = con.execute(queries[name])
             out[name] = ([d[0] for d in cur.description], cur.fetchall())

@@ -21,7 +21,7 @@ PREDICTION_SCHEMA = pa.schema([
 ])  # fmt: skip
 
 METRIC_KEYS = {
-    "counting": ["accuracy"], "common": ["accuracy"], "odd_one": ["accuracy"],
+    "counting": ["accuracy"], "common": ["accuracy"], "odd_one": ["accuracy"], "presence": ["accuracy"],
     "listing": ["accuracy", "micro_precision", "micro_recall", "micro_f1", "mean_item_f1"],
 }  # fmt: skip
 

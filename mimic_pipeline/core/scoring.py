@@ -18,7 +18,7 @@ import numpy as np
 
 from .text import normalize_phrase, parse_count
 
-TASKS = ("counting", "listing", "common", "odd_one")
+TASKS = ("counting", "listing", "common", "odd_one", "presence")  # presence: the single-image yes/no questions
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0  # fixed so that a report is reproducible byte for byte
 
@@ -62,7 +62,22 @@ def score_answer(
         return _score_counting(text, item)
     if task == "listing":
         return _score_listing(text, item, vocabulary or ())
+    if task == "presence":
+        return _score_yes_no(text, item)
     return _score_name(text, item, vocabulary or ())
+
+
+_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+
+
+def _score_yes_no(text: str, item: Mapping) -> ItemScore:
+    """The first standalone "yes" or "no" is the answer ("No, there is none." -> no)."""
+    match = _YES_NO.search(text)
+    if match is None:
+        return ItemScore(score=0.0, correct=False, parsed=None, parse_ok=False)
+    parsed = match[1].lower()
+    correct = parsed == item["answer"]
+    return ItemScore(score=float(correct), correct=correct, parsed=parsed, parse_ok=True)
 
 
 def _score_counting(text: str, item: Mapping) -> ItemScore:

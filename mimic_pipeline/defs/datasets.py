@@ -17,6 +17,7 @@ from ..core.sampling.config import DEFAULT_TRAIN_MIX, GENERATOR_VERSION, Benchma
 from ..core.sampling.generate import cell_sizes, generate_task
 from ..core.sampling.items import ITEM_SCHEMA, write_items, write_llava_json
 from ..core.sampling.pools import SamplingError, SamplingIndex, sampling_index_from_parquet
+from ..core.sampling.single_image import DEFAULT_SINGLE_IMAGE_MIX, generate_single_image
 from ..core.tables import markdown_table
 from .annotations import annotation_index
 from .metadata import table_metadata
@@ -78,9 +79,11 @@ def _progress(context):
     return log
 
 
-def _item_checks(paths: MimicPaths, path, task: str, table: pa.Table, extra: list[dg.AssetCheckResult] = ()) -> list:
+def _item_checks(paths: MimicPaths, path, tasks: list[str], table: pa.Table, extra: list[dg.AssetCheckResult] = ()) -> list:
     """Validity (answers re-derived in SQL from the catalogue) and the answer-balance rule."""
-    failures = catalog.item_check_failures(paths.catalog, path, ["repeated_images", task])
+    failures = catalog.item_check_failures(paths.catalog, path, ["repeated_images"])
+    for task in tasks:
+        failures |= catalog.item_check_failures(paths.catalog, path, [task], task=task)
     bad = {name: rows for name, (cols, rows) in failures.items() if rows}
     examples = "\n\n".join(f"**{name}**\n\n" + markdown_table(failures[name][0], rows[:5]) for name, rows in bad.items())
     balance = answer_balance(table)
@@ -141,7 +144,7 @@ def eval_items(context: dg.AssetExecutionContext, config: EvalSetSettings, paths
     catalog.create_item_views(paths.catalog, paths.datasets)
     return dg.MaterializeResult(
         metadata={**_item_metadata(table, path, seconds, cfg, index), "cells": len(cfg.cells(task))},
-        check_results=_item_checks(paths, path, task, table),
+        check_results=_item_checks(paths, path, [task], table),
         data_version=dg.DataVersion(config_hash({"cfg": cfg.hash, "task": task, "source": config.source, "split": config.split})),
     )
 
@@ -186,9 +189,54 @@ def train_items(context: dg.AssetExecutionContext, config: TrainSetSettings, pat
                                        description="no eval items yet: materialize eval_items, then this check again")  # fmt: skip
     return dg.MaterializeResult(
         metadata={**_item_metadata(table, path, seconds, cfg, index), "llava_json": dg.MetadataValue.path(str(llava))},
-        check_results=_item_checks(paths, path, task, table, [disjoint]),
+        check_results=_item_checks(paths, path, [task], table, [disjoint]),
         data_version=dg.DataVersion(config_hash({"cfg": cfg.hash, "task": task, "n": n_items, "source": config.source})),
     )
+
+
+class SingleImageSettings(dg.Config):
+    source: str = "shapes"
+    split: str = "train"
+    seed: int = 0
+    n_items: int = 60_000
+    mix_json: str = json.dumps(DEFAULT_SINGLE_IMAGE_MIX)  # question kind -> share
+
+
+@dg.asset(
+    deps=[dg.AssetDep(annotation_index, partition_mapping=dg.AllPartitionMapping())],
+    group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb", "json"}, tags={"stage": "datasets"}, pool="duckdb",
+    code_version=GENERATOR_VERSION,
+    check_specs=[dg.AssetCheckSpec(n, asset="single_image_items", description=d, blocking=True) for n, d in CHECKS],
+)  # fmt: skip
+def single_image_items(context: dg.AssetExecutionContext, config: SingleImageSettings, paths: MimicPaths, sources: AnnotationSources) -> dg.MaterializeResult:
+    """Single-image instruction set for training the tiny base model: counting (0 included),
+    yes/no presence and listing questions about one image of the training split.
+
+    Parquet at `datasets/single_image/items.parquet` (view `single_image_items`), LLaVA form at
+    `datasets/llava/single_image.json`.
+    """
+    index = _load_index(context, paths, config.source, config.split)
+    mix = json.loads(config.mix_json)
+    chash = config_hash({"single_image": config.model_dump(), "generator": GENERATOR_VERSION})
+    started = time.perf_counter()
+    try:
+        table = generate_single_image(index, config.n_items, config.seed, sources.image_root(config.source, config.split, paths),
+                                      mix, chash)  # fmt: skip
+    except SamplingError as e:
+        raise dg.Failure(description=str(e)) from e
+    seconds = time.perf_counter() - started
+    path = write_items(table, paths.datasets / "single_image" / "items.parquet")
+    llava = write_llava_json(table, paths.datasets / "llava" / "single_image.json")
+    catalog.create_item_views(paths.catalog, paths.datasets)
+    return dg.MaterializeResult(
+        metadata={**table_metadata(row_count=table.num_rows, schema=ITEM_SCHEMA, uri=path, descriptions=ITEM_COLUMNS,
+                                   preview=(["item_id", "question", "answer"],
+                                            [(r["item_id"], r["question"], r["answer"]) for r in table.slice(0, 8).to_pylist()])),
+                  "items_per_second": round(table.num_rows / max(seconds, 1e-9), 1), "seconds": round(seconds, 2),
+                  "llava_json": dg.MetadataValue.path(str(llava)), "source": f"{index.source}/{index.split}"},
+        check_results=_item_checks(paths, path, sorted(mix), table),
+        data_version=dg.DataVersion(chash),
+    )  # fmt: skip
 
 
 @dg.asset(
