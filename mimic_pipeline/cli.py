@@ -2,6 +2,7 @@
 
     mimic demo                 materialize every asset on the embedded shapes world, through Dagster
     mimic query "select ..."   answer from the catalogue (read-only)
+    mimic generate --coco ...  write the benchmark's item sets from annotation files, without Dagster
     mimic ui                   start the Dagster webserver + daemon on this project
 """
 
@@ -105,6 +106,60 @@ def cmd_query(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    """The benchmark without Dagster: annotation files in, item Parquet out."""
+    import pyarrow as pa
+
+    from .core.annotations import load_coco, load_openimages
+    from .core.errors import InputFileError
+    from .core.sampling.balance import answer_balance
+    from .core.sampling.config import DEFAULT_TRAIN_MIX, BenchmarkConfig
+    from .core.sampling.generate import generate_eval_sets, generate_train_sets, write_item_sets
+    from .core.sampling.pools import SamplingError, build_sampling_index
+    from .core.tables import text_table
+
+    oi_files = (args.openimages_boxes, args.openimages_classes, args.openimages_hierarchy)
+    if not args.coco and not any(oi_files):
+        print("mimic generate: give --coco (eval sets) and/or the three --openimages-* files (training set)", file=sys.stderr)
+        return 2
+    if any(oi_files) and not all(oi_files):
+        print("mimic generate: --openimages-boxes, --openimages-classes and --openimages-hierarchy go together", file=sys.stderr)
+        return 2
+    cfg = BenchmarkConfig(seed=args.seed, items_per_cell=args.items_per_cell)
+
+    def progress(task, done, total):
+        if done == total:
+            print(f"  {task}: {total} items")
+        elif sys.stdout.isatty():
+            print(f"  {task}: {done}/{total} items", end="\r", flush=True)
+
+    made: list[pa.Table] = []
+    try:
+        if args.coco:
+            index = load_coco(args.coco, "coco", args.coco_split, args.images, require_images=bool(args.images))
+            sampling = build_sampling_index(index.categories, index.images, index.instance_counts, "coco", args.coco_split)
+            print(f"eval sets from {args.coco} ({sampling.n_images} images, {len(sampling.names)} categories)")
+            tables = generate_eval_sets(sampling, cfg, args.images or "", progress)
+            write_item_sets(args.out, "eval", tables)
+            made += tables.values()
+        if all(oi_files):
+            index = load_openimages(*oi_files, "openimages", args.openimages_split, args.openimages_images,
+                                    require_images=bool(args.openimages_images))  # fmt: skip
+            sampling = build_sampling_index(index.categories, index.images, index.instance_counts, "openimages", args.openimages_split)
+            print(f"training set from {args.openimages_boxes} ({sampling.n_images} images, {len(sampling.names)} categories)")
+            tables = generate_train_sets(sampling, cfg, args.openimages_images or "", args.train_items, DEFAULT_TRAIN_MIX, progress)
+            write_item_sets(args.out, "train", tables, llava=True)
+            made += tables.values()
+    except (InputFileError, SamplingError) as e:
+        print(f"mimic generate: {e}", file=sys.stderr)
+        return 1
+    rows = answer_balance(pa.concat_tables(made))
+    print("\nAnswer balance (majority share vs the 1/k + 10 points limit):")
+    print(text_table(list(rows[0]), [tuple(r.values()) for r in rows]))
+    print(f"\nItems written under {Path(args.out).resolve()}")
+    return 0
+
+
 def cmd_ui(args) -> int:
     data_dir = _data_dir(args)
     os.environ["MIMIC_DATA_DIR"] = data_dir
@@ -136,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data-dir", help="artefact folder (default: $MIMIC_DATA_DIR or ./data)")
     q.add_argument("--format", choices=["text", "csv", "json", "markdown"], default="text")
     q.set_defaults(func=cmd_query)
+
+    g = sub.add_parser("generate", help="write MIMIC item sets from COCO / OpenImages files, without Dagster")
+    g.add_argument("--coco", help="COCO instances JSON: eval sets are drawn from it")
+    g.add_argument("--images", help="the COCO images folder (then every listed image must exist)")
+    g.add_argument("--coco-split", default="val2017")
+    g.add_argument("--openimages-boxes", help="OpenImages box CSV: the training set is drawn from it")
+    g.add_argument("--openimages-classes", help="OpenImages class-descriptions CSV")
+    g.add_argument("--openimages-hierarchy", help="OpenImages hierarchy JSON")
+    g.add_argument("--openimages-images", help="the OpenImages images folder (then every image must exist)")
+    g.add_argument("--openimages-split", default="train")
+    g.add_argument("--out", required=True, help="output folder (eval/, train/, llava/)")
+    g.add_argument("--items-per-cell", type=int, default=100, help="eval items per (task, study, value) cell")
+    g.add_argument("--train-items", type=int, default=198_000, help="training items over all tasks")
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=cmd_generate)
 
     u = sub.add_parser("ui", help="start the Dagster webserver and daemon on this project")
     u.add_argument("--data-dir", help="artefact folder (default: $MIMIC_DATA_DIR or ./data)")

@@ -119,3 +119,16 @@ def timed(fn, *args, **kwargs):
     started = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - started
+
+
+def write_item_sets(out_dir: str | Path, purpose: str, tables: dict[str, pa.Table], llava: bool = False) -> list[Path]:
+    """`<out>/<purpose>/<task>.parquet` per task (and `<out>/llava/<task>.json` with `llava`), atomically."""
+    from .items import write_items, write_llava_json
+
+    out_dir = Path(out_dir)
+    written = []
+    for task, table in tables.items():
+        written.append(write_items(table, out_dir / purpose / f"{task}.parquet"))
+        if llava:
+            written.append(write_llava_json(table, out_dir / "llava" / f"{task}.json"))
+    return written
