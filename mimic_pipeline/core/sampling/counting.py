@@ -147,11 +147,8 @@ class CountingSampler:
 
 def image_count(index: SamplingIndex, c: int, image: int) -> int | None:
     """Instances of `c` in `image` (0 if absent); None if the image has a crowd box of `c`."""
-    pool = index.pools[c]
-    pos = np.searchsorted(pool.images, image)
-    if pos < len(pool.images) and pool.images[pos] == image:
-        return None if pool.crowd[pos] else int(pool.counts[pos])
-    return 0
+    count, crowd = index.entries(image).get(c, (0, False))
+    return None if crowd else count
 
 
 def random_composition(rng: np.random.Generator, total: int, parts: int, kmax: int) -> list[int]:

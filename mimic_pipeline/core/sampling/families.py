@@ -7,7 +7,7 @@ children are a subset of S" walks the few distinct masks instead of every image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,40 +20,48 @@ class Family:
     children: np.ndarray  # category indices; bit j of a mask is children[j]
     masks: np.ndarray  # distinct non-zero masks (int64)
     groups: list[np.ndarray]  # images holding exactly that mask
+    _cache: dict = field(default_factory=dict, repr=False)  # (allowed, required, overlaps) -> groups, cumulative sizes
 
     @property
     def size(self) -> int:
         return len(self.children)
 
     def names(self, index: SamplingIndex, mask: int) -> list[str]:
-        return sorted(index.names[int(c)] for j, c in enumerate(self.children) if mask >> j & 1)
+        """The sorted child names of a mask (cached: few distinct masks, asked for on every item)."""
+        key = ("names", int(mask))
+        if key not in self._cache:
+            self._cache[key] = sorted(index.names[int(c)] for j, c in enumerate(self.children) if mask >> j & 1)
+        return list(self._cache[key])
 
-    def draw(self, rng: np.random.Generator, allowed, n: int, required: int = 0) -> np.ndarray | None:
-        """`n` images (with replacement across calls; distinctness checked by the caller) whose mask
-        is a subset of `allowed` (an int mask or an array of admissible masks) and contains `required`.
-        None when no image qualifies."""
-        if isinstance(allowed, (int, np.integer)):
-            ok = ((self.masks & ~np.int64(allowed)) == 0) & ((self.masks & required) == required)
-        else:
-            ok = np.isin(self.masks, allowed) & ((self.masks & required) == required)
-        idx = np.flatnonzero(ok)
-        if len(idx) == 0:
+    @property
+    def most_per_image(self) -> int:
+        """The most children any one image holds."""
+        if "most" not in self._cache:
+            self._cache["most"] = max(popcount(m) for m in self.masks)
+        return self._cache["most"]
+
+    def draw(self, rng: np.random.Generator, allowed: int, n: int, required: int = 0, overlaps: int = 0):
+        """`n` images whose children are a subset of `allowed`, hold all of `required` and at least one
+        of `overlaps` (when given); returns (images, masks), or None when no image qualifies.
+        Groups are picked in proportion to their size, so every qualifying image is equally likely;
+        images may repeat across the n draws (callers check distinctness)."""
+        choice = self._choice(allowed, required, overlaps)
+        if choice is None:
             return None
-        sizes = np.array([len(self.groups[i]) for i in idx], dtype=float)
-        picks = rng.choice(idx, size=n, p=sizes / sizes.sum())
-        return np.array([self.groups[g][rng.integers(0, len(self.groups[g]))] for g in picks], dtype=np.int64)
+        groups, cumulative = choice
+        picks = np.searchsorted(cumulative, rng.random(n) * cumulative[-1], side="right")
+        images = [int(self.groups[g][rng.integers(0, len(self.groups[g]))]) for g in groups[picks].tolist()]
+        return images, self.masks[groups[picks]].tolist()
 
-    def mask_of(self, images: np.ndarray) -> np.ndarray:
-        """The mask of each image (0 for images holding no child)."""
-        lookup = getattr(self, "_lookup", None)
-        if lookup is None:
-            all_images = np.concatenate(self.groups)
-            all_masks = np.concatenate([np.full(len(g), m, dtype=np.int64) for g, m in zip(self.groups, self.masks)])
-            order = np.argsort(all_images)
-            lookup = self._lookup = (all_images[order], all_masks[order])
-        imgs, masks = lookup
-        pos = np.clip(np.searchsorted(imgs, images), 0, len(imgs) - 1)
-        return np.where(imgs[pos] == images, masks[pos], 0)
+    def _choice(self, allowed: int, required: int, overlaps: int):
+        key = (allowed, required, overlaps)
+        if key not in self._cache:
+            ok = ((self.masks & ~np.int64(allowed)) == 0) & ((self.masks & required) == required)
+            if overlaps:
+                ok &= (self.masks & overlaps) != 0
+            groups = np.flatnonzero(ok)
+            self._cache[key] = (groups, np.cumsum([len(self.groups[g]) for g in groups])) if len(groups) else None
+        return self._cache[key]
 
 
 def families(index: SamplingIndex) -> dict[str, Family]:

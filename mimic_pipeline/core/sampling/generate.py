@@ -7,7 +7,10 @@ Every item passes the validity engine before it is written.
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -48,31 +51,66 @@ def generate_task(
     image_root: str | Path,
     sizes: list[int] | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> pa.Table:
-    """Items of one task: `sizes[i]` items for cell i (default: `cfg.items_per_cell` each)."""
+    """Items of one task: `sizes[i]` items for cell i (default: `cfg.items_per_cell` each).
+
+    Cells are independent, so large sets are split over `workers` processes (default: up to 2, the
+    CPUs there are); the output is identical whatever the number of workers.
+    """
     cells = cfg.cells(task)
     sizes = sizes if sizes is not None else [cfg.items_per_cell] * len(cells)
-    sampler = SAMPLERS[task](index)
+    jobs = [(cell, n) for cell, n in zip(cells, sizes) if n]
+    total = sum(sizes)
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    global _WORKER_STATE
+    _WORKER_STATE = (index, cfg, purpose, str(image_root).rstrip("/"))
+    parts: list[pa.Table] = []
+    try:
+        if workers > 1 and len(jobs) > 1 and total >= PARALLEL_FROM and "fork" in mp.get_all_start_methods():
+            # fork: the workers share the (large) index with this process instead of receiving a copy
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+                for part in pool.map(_generate_cell, jobs):
+                    parts.append(part)
+                    if progress:
+                        progress(task, sum(p.num_rows for p in parts), total)
+        else:
+            for job in jobs:
+                parts.append(_generate_cell(job))
+                if progress:
+                    progress(task, sum(p.num_rows for p in parts), total)
+    finally:
+        _WORKER_STATE = None
+    return pa.concat_tables(parts) if parts else ITEM_SCHEMA.empty_table()
+
+
+PARALLEL_FROM = 5_000  # items: below this, starting processes costs more than it saves
+_WORKER_STATE: tuple | None = None  # (index, cfg, purpose, image_root) for the cell workers
+
+
+def _generate_cell(job: tuple[Cell, int]) -> pa.Table:
+    cell, n = job
+    index, cfg, purpose, image_root = _WORKER_STATE
+    sampler = _sampler(index, cell.task)
+    rng = cell_rng(cfg, purpose, cell)
     columns: dict[str, list] = {name: [] for name in ITEM_SCHEMA.names}
-    image_root = Path(image_root)
-    total, done = sum(sizes), 0
-    for cell, n in zip(cells, sizes):
-        if n == 0:
-            continue
-        rng = cell_rng(cfg, purpose, cell)
-        drafts = sampler.sample(cell, cfg.settings(task, cell.axis), rng, n)
-        for k, draft in enumerate(drafts):
-            problems = item_problems(index, task, draft)
-            if problems:
-                raise SamplingError(f"{task}/{cell.axis}={cell.axis_value} item {k} is invalid (a sampler bug): {problems}")
-            _append(columns, index, cfg, purpose, cell, k, draft, rng, image_root)
-        done += n
-        if progress:
-            progress(task, done, total)
+    for k, draft in enumerate(sampler.sample(cell, cfg.settings(cell.task, cell.axis), rng, n)):
+        problems = item_problems(index, cell.task, draft)
+        if problems:
+            raise SamplingError(f"{cell.task}/{cell.axis}={cell.axis_value} item {k} is invalid (a sampler bug): {problems}")
+        _append(columns, index, cfg, purpose, cell, k, draft, rng, image_root)
     return pa.table(columns, schema=ITEM_SCHEMA)
 
 
-def _append(columns, index, cfg, purpose, cell: Cell, k: int, d: ItemDraft, rng, image_root: Path) -> None:
+def _sampler(index: SamplingIndex, task: str):
+    """One sampler per (index, task), kept on the index: its pools are built once, not per cell."""
+    key = ("sampler", task)
+    if key not in index.extra:
+        index.extra[key] = SAMPLERS[task](index)
+    return index.extra[key]
+
+
+def _append(columns, index, cfg, purpose, cell: Cell, k: int, d: ItemDraft, rng, image_root: str) -> None:
     names = d.query if cell.task == "counting" else ()
     parent = d.query[0] if cell.task in ("listing", "odd_one") else ""
     question, template_id = render_question(cell.task, rng, len(d.images), names=names, parent=parent)
@@ -88,7 +126,8 @@ def _append(columns, index, cfg, purpose, cell: Cell, k: int, d: ItemDraft, rng,
         columns[col].append(axis_values.get(col))
     columns["query"].append(list(d.query))
     columns["image_ids"].append([str(index.image_ids[i]) for i in d.images])
-    columns["image_paths"].append([str(image_root / index.file_names[i]) for i in d.images])
+    prefix = f"{image_root}/" if image_root else ""
+    columns["image_paths"].append([prefix + index.file_names[i] for i in d.images])
     columns["image_roles"].append(list(d.roles))
     columns["question"].append(question)
     columns["template_id"].append(template_id)
@@ -113,12 +152,6 @@ def generate_train_sets(
     per_task = items_per_task(total, mix)
     return {task: generate_task(index, task, cfg, "train", image_root, cell_sizes(cfg.cells(task), n), progress)
             for task, n in per_task.items() if n}  # fmt: skip
-
-
-def timed(fn, *args, **kwargs):
-    started = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - started
 
 
 def write_item_sets(out_dir: str | Path, purpose: str, tables: dict[str, pa.Table], llava: bool = False) -> list[Path]:

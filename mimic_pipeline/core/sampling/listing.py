@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import Cell
-from .families import families, popcount
+from .families import Family, families
 from .items import ItemDraft, shuffled
 from .pools import SamplingError, SamplingIndex
 
@@ -42,7 +42,7 @@ class ListingSampler:
         idx = self.index
         for _ in range(MAX_TRIES):
             fam = self.families[self.parents[rng.integers(0, len(self.parents))]]
-            most_per_image = max(popcount(m) for m in fam.masks)
+            most_per_image = fam.most_per_image
             if k is not None:
                 size = k
                 if size > fam.size or size > n_needles * most_per_image:
@@ -50,25 +50,40 @@ class ListingSampler:
             else:
                 size = int(rng.integers(1, min(fam.size, kmax, n_needles * most_per_image) + 1))
             bits = rng.choice(fam.size, size=size, replace=False)
-            subset = int(np.bitwise_or.reduce(np.left_shift(1, bits)))
-            for _ in range(DRAWS_PER_SUBSET):
-                needles = fam.draw(rng, subset, n_needles)
-                if needles is None:
-                    break
-                if len(set(needles.tolist())) < n_needles:
-                    continue
-                masks = fam.mask_of(needles)
-                if int(np.bitwise_or.reduce(masks)) != subset:
-                    continue
-                images = needles.tolist()
-                per_image = [fam.names(idx, int(m)) for m in masks]
-                if n_distractors:
-                    images += idx.draw_without(rng, idx.family_bits(fam.parent), n_distractors, exclude=images).tolist()
-                    per_image += [[] for _ in range(n_distractors)]
-                roles = ["needle"] * n_needles + ["distractor"] * n_distractors
-                images, roles, per_image = shuffled(rng, images, roles, per_image)
-                answer = fam.names(idx, subset)
-                return ItemDraft(images, roles, [fam.parent], ", ".join(answer),
-                                 {"categories": answer, "per_image": per_image})  # fmt: skip
+            subset = sum(1 << int(b) for b in bits)
+            drawn = self.cover(rng, fam, subset, n_needles)
+            if drawn is None:
+                continue
+            images, masks = drawn
+            per_image = [fam.names(idx, m) for m in masks]
+            if n_distractors:
+                images += idx.draw_without(rng, idx.family_bits(fam.parent), n_distractors, exclude=images).tolist()
+                per_image += [[] for _ in range(n_distractors)]
+            roles = ["needle"] * n_needles + ["distractor"] * n_distractors
+            images, roles, per_image = shuffled(rng, images, roles, per_image)
+            answer = fam.names(idx, subset)
+            return ItemDraft(images, roles, [fam.parent], ", ".join(answer), {"categories": answer, "per_image": per_image})
         raise SamplingError(f"{idx.source}/{idx.split}: could not build a Listing item with {n_needles} needle images "
                             f"and {k or f'up to {kmax}'} sub-categories in {MAX_TRIES} tries")  # fmt: skip
+
+    @staticmethod
+    def cover(rng: np.random.Generator, fam: Family, subset: int, n: int):
+        """`n` distinct images whose children are subsets of `subset` and together are exactly `subset`:
+        each slot first takes an image holding a not yet covered child, then any fitting image."""
+        for _ in range(DRAWS_PER_SUBSET):
+            images, masks, covered = [], [], 0
+            for _slot in range(n):
+                uncovered = subset & ~covered
+                drawn = fam.draw(rng, subset, 1, overlaps=uncovered) if uncovered else fam.draw(rng, subset, 1)
+                if drawn is None:
+                    return None
+                (image,), (mask,) = drawn
+                if image in images:
+                    break
+                images.append(image)
+                masks.append(mask)
+                covered |= mask
+            else:
+                if covered == subset:
+                    return images, masks
+        return None

@@ -43,22 +43,21 @@ class OddOneSampler:
                 continue
             others = [j for j in range(fam.size) if j != x]
             majority = rng.choice(others, size=int(rng.choice(sizes)), replace=False)
-            m_mask = int(np.bitwise_or.reduce(np.left_shift(1, majority)))
+            m_mask = sum(1 << int(j) for j in majority)
             n_x = int(rng.integers(1, (n + 1) // 2))  # 1 <= n_x < n/2
             with_x = fam.draw(rng, m_mask | (1 << x), n_x, required=1 << x)
             without_x = fam.draw(rng, m_mask, n - n_x)
             if with_x is None or without_x is None:
                 continue
-            images = np.concatenate([with_x, without_x])
-            if len(set(images.tolist())) < n:
+            images, masks = with_x[0] + without_x[0], with_x[1] + without_x[1]
+            if len(set(images)) < n:
                 continue
-            masks = fam.mask_of(images)
-            presence = {j: int(np.sum(masks >> j & 1)) for j in range(fam.size)}
+            presence = {j: sum(m >> j & 1 for m in masks) for j in range(fam.size)}
             if any(0 < c <= n / 2 for j, c in presence.items() if j != x):
                 continue
             names = {j: idx.names[int(fam.children[j])] for j in range(fam.size)}
-            per_image = [fam.names(idx, int(m)) for m in masks]
-            images, roles, per_image = shuffled(rng, images.tolist(), ["needle"] * n, per_image)
+            per_image = [fam.names(idx, m) for m in masks]
+            images, roles, per_image = shuffled(rng, images, ["needle"] * n, per_image)
             struct = {"category": names[x], "parent": fam.parent,
                       "presence": {names[j]: c for j, c in presence.items() if c}, "per_image": per_image}  # fmt: skip
             return ItemDraft(images, roles, [fam.parent], names[x], struct)

@@ -48,7 +48,36 @@ class SamplingIndex:
     present: np.ndarray  # (n_images, words) uint64
     pools: list[CategoryPool]
     leaf: np.ndarray  # bool per category
+    # the same rows per image (CSR, sorted by image then category): cheap exact look-ups of one image,
+    # used by the validity engine so that it reads the index another way than the samplers' bitsets do
+    row_ptr: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    row_cat: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    row_cnt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    row_crowd: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     extra: dict = field(default_factory=dict)
+
+    def entries(self, image: int) -> dict[int, tuple[int, bool]]:
+        """{category: (count, crowd)} of one image."""
+        a, b = int(self.row_ptr[image]), int(self.row_ptr[image + 1])
+        return dict(zip(self.row_cat[a:b].tolist(), zip(self.row_cnt[a:b].tolist(), self.row_crowd[a:b].tolist())))
+
+    def categories_in(self, image: int) -> set[int]:
+        return set(self.row_cat[int(self.row_ptr[image]) : int(self.row_ptr[image + 1])].tolist())
+
+    @cached_property
+    def name_index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
+
+    def ambiguity_set(self, parent: str) -> set[int]:
+        """The categories of `ambiguity_bits` as a set."""
+        key = ("ambiguity_set", parent)
+        if key not in self.extra:
+            parent_cats = [i for i, n in enumerate(self.names) if n == parent]
+            out = set(parent_cats)
+            for p in parent_cats:
+                out |= {d for d in self.descendants[p] if not self.leaf[d]}
+            self.extra[key] = out
+        return self.extra[key]
 
     @property
     def n_images(self) -> int:
@@ -144,11 +173,7 @@ class SamplingIndex:
     def ambiguity_bits(self, parent: str) -> np.ndarray:
         """Categories whose presence makes an image ambiguous for `parent`: the parent class itself and
         any non-leaf descendant (its boxes might be any child)."""
-        parent_cats = [i for i, n in enumerate(self.names) if n == parent]
-        extra = set(parent_cats)
-        for p in parent_cats:
-            extra |= {d for d in self.descendants[p] if not self.leaf[d]}
-        return self.bits(extra)
+        return self.bits(self.ambiguity_set(parent))
 
     def family_bits(self, parent: str) -> np.ndarray:
         """The parent's children plus everything that makes an image ambiguous for it (distractors hold none)."""
@@ -220,8 +245,11 @@ def build_sampling_index(categories: pa.Table, images: pa.Table, counts: pa.Tabl
         CategoryPool(row_img[order[a:b]], row_cnt[order[a:b]], row_crowd[order[a:b]])
         for a, b in zip(bounds[:-1], bounds[1:])
     ]
+    by_image = np.lexsort((row_cat, row_img))
+    row_ptr = np.searchsorted(row_img[by_image], np.arange(len(image_ids) + 1)).astype(np.int64)
     return SamplingIndex(source, split, image_ids, images.column("file_name").to_numpy(zero_copy_only=False),
-                         names, ordered, parent_of, children_of, present, pools, leaf)  # fmt: skip
+                         names, ordered, parent_of, children_of, present, pools, leaf,
+                         row_ptr, row_cat[by_image], row_cnt[by_image], row_crowd[by_image])  # fmt: skip
 
 
 def image_positions(index: SamplingIndex, image_ids: list[str]) -> list[int]:

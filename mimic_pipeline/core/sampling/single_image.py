@@ -71,8 +71,8 @@ def generate_single_image(
                 if not parents:
                     raise SamplingError(f"{index.source}/{index.split}: no parent with two leaf children for listing")
                 fam = fams[parents[int(rng.integers(0, len(parents)))]]
-                image = int(fam.draw(rng, (1 << fam.size) - 1, 1)[0])
-                names = fam.names(index, int(fam.mask_of(np.array([image]))[0]))
+                (image,), (mask,) = fam.draw(rng, (1 << fam.size) - 1, 1)
+                names = fam.names(index, mask)
                 query, struct = [fam.parent], {"categories": names, "per_image": [names]}
                 question, answer = QUESTIONS[kind].format(parent=fam.parent), ", ".join(names)
             else:

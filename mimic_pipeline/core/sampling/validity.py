@@ -8,7 +8,6 @@ in SQL (`sql/item_checks.sql`) from the catalogue.
 
 from __future__ import annotations
 
-import numpy as np
 
 from .counting import image_count
 from .items import ItemDraft
@@ -16,20 +15,20 @@ from .pools import SamplingIndex
 
 
 def _children_present(index: SamplingIndex, parent: str, image: int) -> set[str]:
-    return {index.names[c] for c in index.children_of[parent] if int(index.present[image][c // 64]) >> (c % 64) & 1}
+    here = index.categories_in(image)
+    return {index.names[c] for c in index.children_of[parent] if c in here}
 
 
 def derive_answer(index: SamplingIndex, task: str, images: list[int], query: list[str]) -> str:
     """The canonical answer of an item, from the index alone (the oracle answers with this)."""
     if task == "counting":
-        name_index = {n: i for i, n in enumerate(index.names)}
-        return str(sum(image_count(index, name_index[n], img) or 0 for img in images for n in query))
+        return str(sum(image_count(index, index.name_index[n], img) or 0 for img in images for n in query))
     if task == "listing":
         present = set().union(*(_children_present(index, query[0], img) for img in images))
         return ", ".join(sorted(present))
     if task == "common":
-        common = np.bitwise_and.reduce(index.present[images], axis=0)
-        return ", ".join(index.names[c] for c in range(len(index.names)) if int(common[c // 64]) >> (c % 64) & 1)
+        common = set.intersection(*(index.categories_in(img) for img in images))
+        return ", ".join(sorted(index.names[c] for c in common))
     if task == "odd_one":
         presence = _children_presence(index, query[0], images)
         return ", ".join(sorted(name for name, c in presence.items() if c < len(images) / 2))
@@ -57,24 +56,24 @@ def item_problems(index: SamplingIndex, task: str, item: ItemDraft) -> list[str]
         problems.append(f"answer {item.answer!r} but the index gives {derived!r}")
 
     if task == "counting":
-        name_index = {n: i for i, n in enumerate(index.names)}
-        classes = [name_index[n] for n in item.query]
+        classes = [index.name_index[n] for n in item.query]
         if any(not index.leaf[c] for c in classes):
             problems.append("a queried class has sub-classes")
-        ancestors = index.bits(set().union(*(index.ancestors[c] for c in classes)))
+        ancestors = set().union(*(index.ancestors[c] for c in classes))
         for img, role in zip(images, item.roles):
             counts = [image_count(index, c, img) for c in classes]
             if any(k is None for k in counts):
                 problems.append(f"image {index.image_ids[img]} has a crowd box of a queried class")
             elif role == "distractor" and sum(counts):
                 problems.append(f"distractor {index.image_ids[img]} holds a queried class")
-            if index.has_any(np.array([img]), ancestors)[0]:
+            if ancestors & index.categories_in(img):
                 problems.append(f"image {index.image_ids[img]} has a box of a parent of a queried class")
 
     elif task in ("listing", "odd_one"):
         parent = item.query[0]
+        ambiguous = index.ambiguity_set(parent)
         for img, role in zip(images, item.roles):
-            if index.has_any(np.array([img]), index.ambiguity_bits(parent))[0]:
+            if ambiguous & index.categories_in(img):
                 problems.append(f"image {index.image_ids[img]} holds the parent class or a non-leaf child")
             if role == "distractor" and _children_present(index, parent, img):
                 problems.append(f"distractor {index.image_ids[img]} holds a child of {parent!r}")
