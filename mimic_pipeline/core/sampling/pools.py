@@ -43,7 +43,7 @@ class SamplingIndex:
     file_names: np.ndarray  # str
     names: list[str]  # category index -> name (thing categories present in this split)
     category_ids: list[str]
-    parent_of: dict[int, list[int]]  # category -> its parent categories (those that are categories too)
+    ancestor_names: list[set[str]]  # category -> every name above it in the hierarchy (box-less parents too)
     children_of: dict[str, list[int]]  # parent name -> leaf children (category indices), >= 2 of them
     present: np.ndarray  # (n_images, words) uint64
     pools: list[CategoryPool]
@@ -72,10 +72,9 @@ class SamplingIndex:
         """The categories of `ambiguity_bits` as a set."""
         key = ("ambiguity_set", parent)
         if key not in self.extra:
-            parent_cats = [i for i, n in enumerate(self.names) if n == parent]
-            out = set(parent_cats)
-            for p in parent_cats:
-                out |= {d for d in self.descendants[p] if not self.leaf[d]}
+            out = {c for c, above in enumerate(self.ancestor_names) if parent in above and not self.leaf[c]}
+            if parent in self.name_index:
+                out.add(self.name_index[parent])
             self.extra[key] = out
         return self.extra[key]
 
@@ -96,24 +95,8 @@ class SamplingIndex:
 
     @cached_property
     def ancestors(self) -> list[set[int]]:
-        out: list[set[int]] = []
-        for c in range(len(self.names)):
-            seen, stack = set(), list(self.parent_of.get(c, []))
-            while stack:
-                p = stack.pop()
-                if p not in seen:
-                    seen.add(p)
-                    stack.extend(self.parent_of.get(p, []))
-            out.append(seen)
-        return out
-
-    @cached_property
-    def descendants(self) -> list[set[int]]:
-        out: list[set[int]] = [set() for _ in self.names]
-        for c, anc in enumerate(self.ancestors):
-            for a in anc:
-                out[a].add(c)
-        return out
+        """Per category, the categories above it that this split has boxes of."""
+        return [{self.name_index[a] for a in above if a in self.name_index} for above in self.ancestor_names]
 
     def has_any(self, images: np.ndarray, bits: np.ndarray) -> np.ndarray:
         """Whether each image (any shape of indices) holds any category of `bits`."""
@@ -188,6 +171,17 @@ def _rows(table: pa.Table, **equal) -> pa.Table:
     return table.filter(mask)
 
 
+def _above(name: str, parents_of: dict[str, set[str]]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(parents_of.get(name, ()))
+    while stack:
+        p = stack.pop()
+        if p not in seen:
+            seen.add(p)
+            stack.extend(parents_of.get(p, ()))
+    return seen
+
+
 def build_sampling_index(categories: pa.Table, images: pa.Table, counts: pa.Table, source: str, split: str) -> SamplingIndex:
     """Arrays for sampling from the index tables (as loaded into the catalogue) of one source and split."""
     images = _rows(images, source=source, split=split).sort_by("image_id")
@@ -200,27 +194,22 @@ def build_sampling_index(categories: pa.Table, images: pa.Table, counts: pa.Tabl
     # categories: the thing categories this split uses, one index each, ordered by name
     used_ids = set(pc.unique(counts.column("category_id")).to_pylist())
     cat_rows = [r for r in cats.to_pylist() if r["category_id"] in used_ids]
-    by_id: dict[str, str] = {}
-    parents_by_id: dict[str, set[str]] = {}
-    for r in cat_rows:
-        by_id[r["category_id"]] = r["name"]
-        if r["parent"]:
-            parents_by_id.setdefault(r["category_id"], set()).add(r["parent"])
-    # a name's children: categories of *any* split whose parent is that name (OpenImages parents may have no boxes)
+    by_id = {r["category_id"]: r["name"] for r in cat_rows}
+    # the hierarchy by name, from every category of the source: OpenImages parents may have no boxes
     all_children: dict[str, set[str]] = {}
+    parents_of: dict[str, set[str]] = {}
     for r in cats.to_pylist():
         if r["parent"] and r["parent"] != r["name"]:
             all_children.setdefault(r["parent"], set()).add(r["name"])
+            parents_of.setdefault(r["name"], set()).add(r["parent"])
     ordered = sorted(by_id, key=lambda cid: (by_id[cid], cid))
     names = [by_id[cid] for cid in ordered]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SamplingError(f"{source}/{split}: category names used by two ids: {dupes[:5]}; questions need unique names")
-    index_of = {cid: i for i, cid in enumerate(ordered)}
     name_index = {n: i for i, n in enumerate(names)}
     leaf = np.array([n not in all_children for n in names], dtype=bool)
-    parent_of = {index_of[cid]: sorted(name_index[p] for p in ps if p in name_index and p != by_id[cid])
-                 for cid, ps in parents_by_id.items()}  # fmt: skip
+    ancestor_names = [_above(n, parents_of) for n in names]
     children_of: dict[str, list[int]] = {}
     for p, kids in sorted(all_children.items()):
         leaf_kids = sorted(name_index[k] for k in kids if k in name_index and leaf[name_index[k]])
@@ -248,7 +237,7 @@ def build_sampling_index(categories: pa.Table, images: pa.Table, counts: pa.Tabl
     by_image = np.lexsort((row_cat, row_img))
     row_ptr = np.searchsorted(row_img[by_image], np.arange(len(image_ids) + 1)).astype(np.int64)
     return SamplingIndex(source, split, image_ids, images.column("file_name").to_numpy(zero_copy_only=False),
-                         names, ordered, parent_of, children_of, present, pools, leaf,
+                         names, ordered, ancestor_names, children_of, present, pools, leaf,
                          row_ptr, row_cat[by_image], row_cnt[by_image], row_crowd[by_image])  # fmt: skip
 
 
