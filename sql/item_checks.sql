@@ -7,7 +7,16 @@
 select item_id, image_ids from items where len(list_distinct(image_ids)) <> len(image_ids);
 
 -- name: counting
-with per_image as (
+-- the total re-derived; crowd boxes of a queried class, distractors holding it, and boxes of any class
+-- above it in the hierarchy ("Bird" for an "Eagle" count) all flag the item
+with recursive above(source, name, ancestor) as (
+    select distinct source, name, parent from categories where parent is not null and parent <> name
+    union
+    select a.source, a.name, k.parent
+    from above a join categories k on k.source = a.source and k.name = a.ancestor and k.parent is not null and k.parent <> k.name
+),
+things as (select distinct source, category_id, name from categories where is_thing),
+per_image as (
     select item_id, answer, source, split, unnest(image_ids) as image_id, unnest(image_roles) as role, query
     from items
 ),
@@ -16,37 +25,65 @@ per_class as (
     select q.item_id, q.answer, q.image_id, q.role, q.name,
            coalesce(sum(c.count), 0) as n, coalesce(bool_or(c.crowd), false) as crowd
     from queried q
-    left join categories k on k.source = q.source and k.name = q.name and k.is_thing
+    left join things k on k.source = q.source and k.name = q.name
     left join instance_counts c
       on c.source = q.source and c.split = q.split and c.image_id = q.image_id and c.category_id = k.category_id
     group by all
+),
+ancestor_boxes as (
+    select distinct q.item_id
+    from queried q
+    join above a on a.source = q.source and a.name = q.name
+    join things k on k.source = q.source and k.name = a.ancestor
+    join instance_counts c
+      on c.source = q.source and c.split = q.split and c.image_id = q.image_id and c.category_id = k.category_id
 )
-select item_id, any_value(answer) as answer, sum(n) as derived,
-       bool_or(crowd) as crowd_image, bool_or(role = 'distractor' and n > 0) as distractor_holds_class
+select item_id, any_value(answer) as answer, sum(n) as derived, bool_or(crowd) as crowd_image,
+       bool_or(role = 'distractor' and n > 0) as distractor_holds_class,
+       item_id in (select item_id from ancestor_boxes) as ancestor_box
 from per_class
 group by item_id
-having derived::varchar <> any_value(answer) or bool_or(crowd) or bool_or(role = 'distractor' and n > 0);
+having derived::varchar <> any_value(answer) or bool_or(crowd) or bool_or(role = 'distractor' and n > 0)
+    or item_id in (select item_id from ancestor_boxes);
 
 -- name: listing
-with per_image as (
+-- the kinds of a parent are its leaf children; an image holding the parent class itself, or anything
+-- else below it ("Fruit" or "Pear" for a Listing of "Food"), flags the item
+with recursive above(source, name, ancestor) as (
+    select distinct source, name, parent from categories where parent is not null and parent <> name
+    union
+    select a.source, a.name, k.parent
+    from above a join categories k on k.source = a.source and k.name = a.ancestor and k.parent is not null and k.parent <> k.name
+),
+things as (select distinct source, category_id, name from categories where is_thing),
+kinds as (
+    select distinct k.source, k.parent, k.name from categories k
+    where k.parent is not null and k.parent <> k.name
+      and not exists (select 1 from categories c where c.source = k.source and c.parent = k.name and c.name <> k.name)
+),
+per_image as (
     select item_id, source, split, query[1] as parent, unnest(image_ids) as image_id, unnest(image_roles) as role
     from items
 ),
-present as (
-    select p.item_id, p.role, k.name
+held as (
+    select p.item_id, p.role, p.parent, t.name,
+           exists (select 1 from kinds d where d.source = p.source and d.parent = p.parent and d.name = t.name) as is_kind,
+           t.name = p.parent
+             or exists (select 1 from above a where a.source = p.source and a.name = t.name and a.ancestor = p.parent) as below
     from per_image p
-    join categories k on k.source = p.source and k.parent = p.parent and k.name <> p.parent and k.is_thing
-    join instance_counts c
-      on c.source = p.source and c.split = p.split and c.image_id = p.image_id and c.category_id = k.category_id
+    join instance_counts c on c.source = p.source and c.split = p.split and c.image_id = p.image_id
+    join things t on t.source = c.source and t.category_id = c.category_id
 ),
 derived as (
-    select item_id, array_to_string(list_sort(list_distinct(list(name))), ', ') as derived,
-           bool_or(role = 'distractor') as distractor_holds_child
-    from present group by item_id
+    select item_id,
+           array_to_string(list_sort(list_distinct(list(name) filter (where is_kind))), ', ') as derived,
+           bool_or(role = 'distractor' and is_kind) as distractor_holds_kind,
+           bool_or(below and not is_kind) as ambiguous_image
+    from held group by item_id
 )
-select i.item_id, i.answer, d.derived, d.distractor_holds_child
+select i.item_id, i.answer, d.derived, d.distractor_holds_kind, d.ambiguous_image
 from items i left join derived d using (item_id)
-where d.derived is distinct from i.answer or d.distractor_holds_child;
+where coalesce(d.derived, '') is distinct from i.answer or d.distractor_holds_kind or d.ambiguous_image;
 
 -- name: common
 with per_image as (
@@ -68,25 +105,44 @@ from items i left join in_all a using (item_id)
 where a.names is distinct from [i.answer];
 
 -- name: odd_one
-with per_image as (
+-- exactly one kind of the parent in fewer than half the images (the answer), every other kind present
+-- in more than half, no image holding the parent class or anything else below it
+with recursive above(source, name, ancestor) as (
+    select distinct source, name, parent from categories where parent is not null and parent <> name
+    union
+    select a.source, a.name, k.parent
+    from above a join categories k on k.source = a.source and k.name = a.ancestor and k.parent is not null and k.parent <> k.name
+),
+things as (select distinct source, category_id, name from categories where is_thing),
+kinds as (
+    select distinct k.source, k.parent, k.name from categories k
+    where k.parent is not null and k.parent <> k.name
+      and not exists (select 1 from categories c where c.source = k.source and c.parent = k.name and c.name <> k.name)
+),
+per_image as (
     select item_id, source, split, query[1] as parent, len(image_ids) as n, unnest(image_ids) as image_id from items
 ),
-presence as (
-    select p.item_id, p.n, k.name, count(distinct p.image_id) as images
+held as (
+    select distinct p.item_id, p.n, p.image_id, t.name,
+           exists (select 1 from kinds d where d.source = p.source and d.parent = p.parent and d.name = t.name) as is_kind,
+           t.name = p.parent
+             or exists (select 1 from above a where a.source = p.source and a.name = t.name and a.ancestor = p.parent) as below
     from per_image p
-    join categories k on k.source = p.source and k.parent = p.parent and k.name <> p.parent and k.is_thing
-    join instance_counts c
-      on c.source = p.source and c.split = p.split and c.image_id = p.image_id and c.category_id = k.category_id
-    group by all
+    join instance_counts c on c.source = p.source and c.split = p.split and c.image_id = p.image_id
+    join things t on t.source = c.source and t.category_id = c.category_id
+),
+presence as (
+    select item_id, any_value(n) as n, name, count(distinct image_id) as images from held where is_kind group by item_id, name
 ),
 derived as (
     select item_id, list_sort(list(name) filter (where images < n / 2)) as minority,
            bool_and(images < n / 2 or images > n / 2) as no_tie
     from presence group by item_id
-)
-select i.item_id, i.answer, d.minority
+),
+ambiguous as (select distinct item_id from held where below and not is_kind)
+select i.item_id, i.answer, d.minority, i.item_id in (select item_id from ambiguous) as ambiguous_image
 from items i left join derived d using (item_id)
-where d.minority is distinct from [i.answer] or not d.no_tie;
+where d.minority is distinct from [i.answer] or not d.no_tie or i.item_id in (select item_id from ambiguous);
 
 -- name: train_eval_overlap
 -- train images (relation `items`) that also serve in an eval item (view `eval_items`)

@@ -4,7 +4,8 @@ Rule (MIMIC.md section 3): per (task, study), the majority answer's share must s
 1/k + 10 points, k being the number of distinct answers. A set is judged by what it shows beyond
 chance: it fails when even the lower end of the 95% Wilson interval of the majority share is over
 the limit (a 24-item demo set can show 21% for one of 10 answers by luck; 600 items cannot).
-Studies whose answer is fixed by design (counting/spread: the total is the same in every pattern)
+A study with a single answer always fails (always giving it is always right), unless its answer is
+fixed by design: studies whose answer is fixed by design (counting/spread: the total is the same in every pattern)
 cannot meet it and are reported as such.
 """
 
@@ -38,5 +39,5 @@ def answer_balance(items: pa.Table) -> list[dict]:
         fixed = (task, axis) in FIXED_BY_DESIGN or axis in REPORT_ONLY_AXES
         rows.append({"task": task, "axis": axis, "n": n, "distinct_answers": k, "majority_answer": answer,
                      "majority_share": round(top / n, 4), "share_ci_low": round(low, 4), "limit": round(min(limit, 1.0), 4),
-                     "ok": fixed or low <= limit, "fixed_by_design": fixed})  # fmt: skip
+                     "ok": fixed or (k > 1 and low <= limit), "fixed_by_design": fixed})  # fmt: skip
     return rows

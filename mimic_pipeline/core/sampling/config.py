@@ -48,7 +48,7 @@ class Cell:
     task: str
     axis: str
     values: tuple[tuple[str, object], ...]  # axis value columns, e.g. (("placement", "balanced"), ("n_distractors", 2))
-    index: int  # position among the task's cells: part of the random seed, so adding a cell changes no other
+    index: int  # position among the task's cells (report order)
 
     @property
     def axis_value(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -34,7 +35,10 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
 def cell_rng(cfg: BenchmarkConfig, purpose: str, cell: Cell) -> np.random.Generator:
-    return np.random.default_rng([cfg.seed, PURPOSES[purpose], TASKS.index(cell.task), cell.index])
+    """The cell's own generator, keyed by what the cell *is* (not its position), so adding or removing
+    values of one study leaves every other cell's items as they were."""
+    key = zlib.crc32(f"{cell.axis}/{cell.values}".encode())
+    return np.random.default_rng([cfg.seed, PURPOSES[purpose], TASKS.index(cell.task), key])
 
 
 def cell_sizes(cells: list[Cell], total: int) -> list[int]:

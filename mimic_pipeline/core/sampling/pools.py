@@ -69,10 +69,13 @@ class SamplingIndex:
         return {n: i for i, n in enumerate(self.names)}
 
     def ambiguity_set(self, parent: str) -> set[int]:
-        """The categories of `ambiguity_bits` as a set."""
+        """The categories of `ambiguity_bits` as a set: the parent class itself and every category below
+        it that is not one of its leaf children (a "Fruit" box, or a "Pear" box two levels down, is food
+        but none of the kinds a Listing of "Food" asks for)."""
         key = ("ambiguity_set", parent)
         if key not in self.extra:
-            out = {c for c, above in enumerate(self.ancestor_names) if parent in above and not self.leaf[c]}
+            children = set(self.children_of.get(parent, ()))
+            out = {c for c, above in enumerate(self.ancestor_names) if parent in above and c not in children}
             if parent in self.name_index:
                 out.add(self.name_index[parent])
             self.extra[key] = out
@@ -122,22 +125,27 @@ class SamplingIndex:
     def draw_without(self, rng: np.random.Generator, avoid: np.ndarray, n: int, exclude=()) -> np.ndarray:
         """`n` distinct random images holding no category of the bitset `avoid` (and not in `exclude`).
 
-        Rejection sampling in vectorised rounds, bounded: an index where such images are too rare
-        fails loudly instead of looping.
+        Rejection sampling in a few vectorised rounds (cheap when such images are common); when they
+        are rare, every image is tested once and the draw is made from those that qualify, so it never
+        loops and fails only when there are too few.
         """
         chosen: list[int] = []
         taken = set(int(i) for i in exclude)
-        for _ in range(20):
+        for _ in range(3):
             cand = rng.integers(0, self.n_images, size=max(4 * n, 16))
-            ok = cand[~self.has_any(cand, avoid)]
-            for i in ok.tolist():
+            for i in cand[~self.has_any(cand, avoid)].tolist():
                 if i not in taken:
                     taken.add(i)
                     chosen.append(i)
                     if len(chosen) == n:
                         return np.array(chosen, dtype=np.int64)
-        raise SamplingError(f"{self.source}/{self.split}: fewer than {n} images free of the queried categories "
-                            "could be found; the index is too small or the categories too frequent")  # fmt: skip
+        free = np.flatnonzero(~self.has_any(np.arange(self.n_images), avoid))
+        free = free[~np.isin(free, list(taken))]
+        if len(free) < n - len(chosen):
+            raise SamplingError(f"{self.source}/{self.split}: fewer than {n} images free of the queried categories "
+                                f"(and of what is ambiguous for them) exist; the index is too small")  # fmt: skip
+        chosen += rng.choice(free, size=n - len(chosen), replace=False).tolist()
+        return np.array(chosen, dtype=np.int64)
 
     def parent_masks(self, parent: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For a Listing/Odd-One parent: (children, images, masks) where `masks[i]` is the bitmask of the
@@ -154,8 +162,7 @@ class SamplingIndex:
         return self.extra[key]
 
     def ambiguity_bits(self, parent: str) -> np.ndarray:
-        """Categories whose presence makes an image ambiguous for `parent`: the parent class itself and
-        any non-leaf descendant (its boxes might be any child)."""
+        """Categories whose presence makes an image ambiguous for `parent` (see `ambiguity_set`)."""
         return self.bits(self.ambiguity_set(parent))
 
     def family_bits(self, parent: str) -> np.ndarray:

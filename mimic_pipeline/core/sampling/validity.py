@@ -74,7 +74,7 @@ def item_problems(index: SamplingIndex, task: str, item: ItemDraft) -> list[str]
         ambiguous = index.ambiguity_set(parent)
         for img, role in zip(images, item.roles):
             if ambiguous & index.categories_in(img):
-                problems.append(f"image {index.image_ids[img]} holds the parent class or a non-leaf child")
+                problems.append(f"image {index.image_ids[img]} holds the parent class or a category below it that is none of its kinds")
             if role == "distractor" and _children_present(index, parent, img):
                 problems.append(f"distractor {index.image_ids[img]} holds a child of {parent!r}")
         if task == "odd_one":
