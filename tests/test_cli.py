@@ -60,3 +60,27 @@ def test_query_without_a_catalogue_says_how_to_make_one(tmp_path):
     r = mimic("query", "select 1", "--data-dir", str(tmp_path), check=False)
     assert r.returncode == 2
     assert "no catalogue at" in r.stderr and "run `mimic demo`" in r.stderr
+
+
+def test_generate_writes_the_benchmark_from_annotation_files(tmp_path):
+    import pyarrow.parquet as pq
+
+    from mimic_pipeline.core.shapes_world import ShapesWorldConfig, build_shapes_world
+
+    # large enough for every cell (Odd-One over 10 images needs a few hundred images)
+    f = build_shapes_world(ShapesWorldConfig(seed=1, n_eval_images=300, n_train_images=300), tmp_path / "world").files
+    out = tmp_path / "items"
+    r = mimic("generate", "--coco", str(f.coco_annotations), "--images", str(f.coco_images), "--items-per-cell", "2",
+              "--openimages-boxes", str(f.openimages_boxes), "--openimages-classes", str(f.openimages_classes),
+              "--openimages-hierarchy", str(f.openimages_hierarchy), "--train-items", "100", "--out", str(out))  # fmt: skip
+    assert "Answer balance" in r.stdout and f"Items written under {out}" in r.stdout
+    eval_counting = pq.read_table(out / "eval" / "counting.parquet")
+    assert eval_counting.num_rows == 2 * 24
+    assert all(p.startswith(str(f.coco_images)) for paths in eval_counting.column("image_paths").to_pylist() for p in paths)
+    assert sum(pq.read_table(out / "train" / f"{t}.parquet").num_rows for t in ("counting", "listing", "common", "odd_one")) == 100
+    assert (out / "llava" / "odd_one.json").exists()
+
+    bad = mimic("generate", "--coco", str(tmp_path / "missing.json"), "--out", str(out), check=False)
+    assert bad.returncode == 1 and "missing.json: COCO annotation file does not exist" in bad.stderr
+    usage = mimic("generate", "--openimages-boxes", "x.csv", "--out", str(out), check=False)
+    assert usage.returncode == 2 and "go together" in usage.stderr

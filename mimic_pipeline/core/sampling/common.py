@@ -47,5 +47,4 @@ class CommonSampler:
 
 
 def names_present(index: SamplingIndex, image: int) -> list[str]:
-    row = index.present[image]
-    return sorted(index.names[w * 64 + b] for w in range(index.words) for b in range(64) if int(row[w]) >> b & 1)
+    return sorted(index.names[c] for c in index.categories_in(image))

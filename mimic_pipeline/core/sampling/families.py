@@ -7,11 +7,16 @@ children are a subset of S" walks the few distinct masks instead of every image.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from .pools import SamplingIndex
+
+
+CACHE_LIMIT = 100_000
 
 
 @dataclass
@@ -49,19 +54,30 @@ class Family:
         if choice is None:
             return None
         groups, cumulative = choice
-        picks = np.searchsorted(cumulative, rng.random(n) * cumulative[-1], side="right")
-        images = [int(self.groups[g][rng.integers(0, len(self.groups[g]))]) for g in groups[picks].tolist()]
-        return images, self.masks[groups[picks]].tolist()
+        # plain Python per draw: these are called ~10 times per item, where numpy's per-call cost dominates
+        images, masks = [], []
+        for u in rng.random(n).tolist() if n > 1 else [rng.random()]:
+            g = groups[bisect_right(cumulative, u * cumulative[-1])]
+            group = self.groups[g]
+            images.append(int(group[int(rng.random() * len(group))]))
+            masks.append(self.mask_list[g])
+        return images, masks
 
     def _choice(self, allowed: int, required: int, overlaps: int):
         key = (allowed, required, overlaps)
         if key not in self._cache:
+            if len(self._cache) > CACHE_LIMIT:  # bounded: a large family can have very many subsets
+                self._cache.clear()
             ok = ((self.masks & ~np.int64(allowed)) == 0) & ((self.masks & required) == required)
             if overlaps:
                 ok &= (self.masks & overlaps) != 0
-            groups = np.flatnonzero(ok)
-            self._cache[key] = (groups, np.cumsum([len(self.groups[g]) for g in groups])) if len(groups) else None
+            groups = np.flatnonzero(ok).tolist()
+            self._cache[key] = (groups, np.cumsum([len(self.groups[g]) for g in groups]).tolist()) if groups else None
         return self._cache[key]
+
+    @cached_property
+    def mask_list(self) -> list[int]:
+        return self.masks.tolist()
 
 
 def families(index: SamplingIndex) -> dict[str, Family]:

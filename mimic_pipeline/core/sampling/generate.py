@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .common import CommonSampler
 from .config import GENERATOR_VERSION, TASKS, BenchmarkConfig, Cell
@@ -95,15 +96,13 @@ _WORKER_STATE: tuple | None = None  # (index, cfg, purpose, image_root) for the 
 def _generate_cell(job: tuple[Cell, int]) -> pa.Table:
     cell, n = job
     index, cfg, purpose, image_root = _WORKER_STATE
-    sampler = _sampler(index, cell.task)
     rng = cell_rng(cfg, purpose, cell)
-    columns: dict[str, list] = {name: [] for name in ITEM_SCHEMA.names}
-    for k, draft in enumerate(sampler.sample(cell, cfg.settings(cell.task, cell.axis), rng, n)):
+    drafts = _sampler(index, cell.task).sample(cell, cfg.settings(cell.task, cell.axis), rng, n)
+    for k, draft in enumerate(drafts):
         problems = item_problems(index, cell.task, draft)
         if problems:
             raise SamplingError(f"{cell.task}/{cell.axis}={cell.axis_value} item {k} is invalid (a sampler bug): {problems}")
-        _append(columns, index, cfg, purpose, cell, k, draft, rng, image_root)
-    return pa.table(columns, schema=ITEM_SCHEMA)
+    return _cell_table(index, cfg, purpose, cell, drafts, rng, image_root)
 
 
 def _sampler(index: SamplingIndex, task: str):
@@ -114,34 +113,41 @@ def _sampler(index: SamplingIndex, task: str):
     return index.extra[key]
 
 
-def _append(columns, index, cfg, purpose, cell: Cell, k: int, d: ItemDraft, rng, image_root: str) -> None:
-    names = d.query if cell.task == "counting" else ()
-    parent = d.query[0] if cell.task in ("listing", "odd_one") else ""
-    question, template_id = render_question(cell.task, rng, len(d.images), names=names, parent=parent)
-    axis_values = {**dict(cell.values), **d.axis_values, "n_images": len(d.images)}
-    if cell.task == "counting" and cell.axis == "distractors" or cell.task == "listing" and cell.axis == "distractors":
-        axis_values["n_distractors"] = d.roles.count("distractor")
+def _cell_table(index: SamplingIndex, cfg: BenchmarkConfig, purpose: str, cell: Cell, drafts: list[ItemDraft],
+                rng: np.random.Generator, image_root: str) -> pa.Table:  # fmt: skip
+    """The rows of one cell: per-item fields in Python, the image lists gathered from the index in bulk."""
+    n = len(drafts)
     safe_value = cell.axis_value.replace("/", "_")
-    columns["item_id"].append(f"{purpose}.{cell.task}.{cell.axis}.{safe_value}.{k:05d}")
-    columns["task"].append(cell.task)
-    columns["axis"].append(cell.axis)
-    columns["axis_value"].append(cell.axis_value)
-    for col in AXIS_COLUMNS:
-        columns[col].append(axis_values.get(col))
-    columns["query"].append(list(d.query))
-    columns["image_ids"].append([str(index.image_ids[i]) for i in d.images])
-    prefix = f"{image_root}/" if image_root else ""
-    columns["image_paths"].append([prefix + index.file_names[i] for i in d.images])
-    columns["image_roles"].append(list(d.roles))
-    columns["question"].append(question)
-    columns["template_id"].append(template_id)
-    columns["answer"].append(d.answer)
-    columns["answer_struct"].append(struct_json(d.answer_struct))
-    columns["source"].append(index.source)
-    columns["split"].append(index.split)
-    columns["seed"].append(cfg.seed)
-    columns["generator_version"].append(GENERATOR_VERSION)
-    columns["config_hash"].append(cfg.hash)
+    names_asked = cell.task == "counting"
+    parent_asked = cell.task in ("listing", "odd_one")
+    questions = [render_question(cell.task, rng, len(d.images), names=d.query if names_asked else (),
+                                 parent=d.query[0] if parent_asked else "") for d in drafts]  # fmt: skip
+    axis_values = []
+    for d in drafts:
+        values = {**dict(cell.values), **d.axis_values, "n_images": len(d.images)}
+        if cell.axis == "distractors":
+            values["n_distractors"] = d.roles.count("distractor")
+        axis_values.append(values)
+
+    lengths = np.fromiter((len(d.images) for d in drafts), dtype=np.int32, count=n)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    flat = pa.array(np.concatenate([np.asarray(d.images, dtype=np.int64) for d in drafts]) if n else [], pa.int64())
+    files = index.file_names.take(flat)
+    paths = pc.binary_join_element_wise(image_root + "/", files, "") if image_root else files
+    columns = {
+        "item_id": [f"{purpose}.{cell.task}.{cell.axis}.{safe_value}.{k:05d}" for k in range(n)],
+        "task": [cell.task] * n, "axis": [cell.axis] * n, "axis_value": [cell.axis_value] * n,
+        **{col: [v.get(col) for v in axis_values] for col in AXIS_COLUMNS},
+        "query": [list(d.query) for d in drafts],
+        "image_ids": pa.ListArray.from_arrays(offsets, index.image_ids.take(flat)),
+        "image_paths": pa.ListArray.from_arrays(offsets, paths),
+        "image_roles": [list(d.roles) for d in drafts],
+        "question": [q for q, _ in questions], "template_id": [t for _, t in questions],
+        "answer": [d.answer for d in drafts], "answer_struct": [struct_json(d.answer_struct) for d in drafts],
+        "source": [index.source] * n, "split": [index.split] * n, "seed": [cfg.seed] * n,
+        "generator_version": [GENERATOR_VERSION] * n, "config_hash": [cfg.hash] * n,
+    }  # fmt: skip
+    return pa.table(columns, schema=ITEM_SCHEMA)
 
 
 def generate_eval_sets(index: SamplingIndex, cfg: BenchmarkConfig, image_root, progress: Progress | None = None) -> dict[str, pa.Table]:

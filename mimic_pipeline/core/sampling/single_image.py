@@ -80,7 +80,7 @@ def generate_single_image(
             rows.append({
                 "item_id": f"single.{kind}.{k:06d}", "task": kind, "axis": "single_image", "axis_value": "1",
                 **{col: None for col in AXIS_COLUMNS}, "n_images": 1, "query": query,
-                "image_ids": [str(index.image_ids[image])], "image_paths": [str(image_root / index.file_names[image])],
+                "image_ids": [index.image_id(image)], "image_paths": [str(image_root / index.file_name(image))],
                 "image_roles": ["needle"], "question": question, "template_id": 0, "answer": answer,
                 "answer_struct": struct_json(struct), "source": index.source, "split": index.split, "seed": seed,
                 "generator_version": GENERATOR_VERSION, "config_hash": config_hash,

@@ -8,6 +8,8 @@ several classes are counted), `{parent}` / `{parents}` (the parent category, sin
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from ..text import pluralize
@@ -43,10 +45,13 @@ def join_names(names: list[str]) -> str:
 
 def render_question(task: str, rng: np.random.Generator, n_images: int, names=(), parent: str = "") -> tuple[str, int]:
     """(question text, template id) for `task`."""
-    templates = TEMPLATES[task]
-    template_id = int(rng.integers(0, len(templates)))
-    single = n_images == 1
-    text = templates[template_id].format(
+    template_id = int(rng.integers(0, len(TEMPLATES[task])))
+    return _format(task, template_id, n_images == 1, tuple(names), parent), template_id
+
+
+@lru_cache(maxsize=65_536)  # few distinct (template, names) pairs, asked for on every item
+def _format(task: str, template_id: int, single: bool, names: tuple[str, ...], parent: str) -> str:
+    return TEMPLATES[task][template_id].format(
         images="this image" if single else "these images",
         every="this image" if single else "every one of these images",
         what=join_names([pluralize(n) for n in names]) if names else "",
@@ -54,4 +59,3 @@ def render_question(task: str, rng: np.random.Generator, n_images: int, names=()
         parent=parent,
         parents=pluralize(parent) if parent else "",
     )
-    return text, template_id

@@ -63,20 +63,20 @@ def item_problems(index: SamplingIndex, task: str, item: ItemDraft) -> list[str]
         for img, role in zip(images, item.roles):
             counts = [image_count(index, c, img) for c in classes]
             if any(k is None for k in counts):
-                problems.append(f"image {index.image_ids[img]} has a crowd box of a queried class")
+                problems.append(f"image {index.image_id(img)} has a crowd box of a queried class")
             elif role == "distractor" and sum(counts):
-                problems.append(f"distractor {index.image_ids[img]} holds a queried class")
+                problems.append(f"distractor {index.image_id(img)} holds a queried class")
             if ancestors & index.categories_in(img):
-                problems.append(f"image {index.image_ids[img]} has a box of a parent of a queried class")
+                problems.append(f"image {index.image_id(img)} has a box of a parent of a queried class")
 
     elif task in ("listing", "odd_one"):
         parent = item.query[0]
         ambiguous = index.ambiguity_set(parent)
         for img, role in zip(images, item.roles):
             if ambiguous & index.categories_in(img):
-                problems.append(f"image {index.image_ids[img]} holds the parent class or a category below it that is none of its kinds")
+                problems.append(f"image {index.image_id(img)} holds the parent class or a category below it that is none of its kinds")
             if role == "distractor" and _children_present(index, parent, img):
-                problems.append(f"distractor {index.image_ids[img]} holds a child of {parent!r}")
+                problems.append(f"distractor {index.image_id(img)} holds a child of {parent!r}")
         if task == "odd_one":
             n = len(images)
             if n < 3:

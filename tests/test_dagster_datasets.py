@@ -1,0 +1,102 @@
+"""The datasets stage through Dagster: item sets with their blocking checks, lineage, baselines."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+
+from mimic_pipeline.core import catalog
+from mimic_pipeline.defs import annotations as A
+from mimic_pipeline.defs import datasets as D
+from mimic_pipeline.defs.build import build_definitions
+from mimic_pipeline.defs.resources import AnnotationSources
+
+WORLD = {"n_eval_images": 300, "n_train_images": 400, "seed": 2}
+
+
+def run(defs, instance, asset, partition=None, config=None):
+    return dg.materialize(
+        list(defs.assets), selection=[asset.key], partition_key=partition, resources=defs.resources, instance=instance,
+        raise_on_error=False, run_config={"ops": {asset.key.path[-1]: {"config": config}}} if config else None,
+    )  # fmt: skip
+
+
+def checks(result) -> dict[str, bool]:
+    return {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    defs = build_definitions(data_dir=str(data), sources=AnnotationSources())
+    instance = dg.DagsterInstance.ephemeral()
+    assert run(defs, instance, A.shapes_world, config=WORLD).success
+    assert run(defs, instance, A.annotation_index, "shapes").success
+    return defs, instance, data
+
+
+def test_train_items_before_eval_warns_that_disjointness_is_unchecked(pipeline):
+    defs, instance, data = pipeline
+    result = run(defs, instance, D.train_items, "common", {"total_items": 400})
+    assert result.success  # a WARN-severity check does not block
+    evaluation = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not evaluation["disjoint_from_eval"].passed
+    assert evaluation["disjoint_from_eval"].severity == dg.AssetCheckSeverity.WARN
+
+
+def test_eval_items_pass_their_checks_and_record_lineage(pipeline):
+    defs, instance, data = pipeline
+    result = run(defs, instance, D.eval_items, "counting", {"items_per_cell": 5})
+    assert result.success and checks(result) == {"answers_rederived": True, "answer_balance": True}
+    md = result.asset_materializations_for_node("eval_items")[0].metadata
+    table = pq.read_table(data / "datasets" / "eval" / "counting.parquet")
+    assert md["dagster/row_count"].value == table.num_rows == 5 * 24
+    assert set(table.column("config_hash").to_pylist()) == {md["config_hash"].value}
+    assert catalog.query(data / "mimic.duckdb", "select count(*) from eval_items")[1] == [(120,)]
+
+    # a config change is a new data version; the same config is the same version
+    version = lambda r: r.asset_materializations_for_node("eval_items")[0].tags["dagster/data_version"]  # noqa: E731
+    again = run(defs, instance, D.eval_items, "counting", {"items_per_cell": 5})
+    other = run(defs, instance, D.eval_items, "counting", {"items_per_cell": 5, "seed": 9})
+    assert version(again) == version(result) != version(other)
+    assert pq.read_table(data / "datasets" / "eval" / "counting.parquet").column("seed").to_pylist()[0] == 9
+
+
+def test_train_items_are_disjoint_from_eval_and_written_for_llava(pipeline):
+    import json
+
+    defs, instance, data = pipeline
+    assert run(defs, instance, D.eval_items, "listing", {"items_per_cell": 4}).success
+    result = run(defs, instance, D.train_items, "listing", {"total_items": 1000})
+    assert result.success
+    assert checks(result) == {"answers_rederived": True, "answer_balance": True, "disjoint_from_eval": True}
+    train = pq.read_table(data / "datasets" / "train" / "listing.parquet")
+    assert train.num_rows == 200  # listing's 20% share of 1,000
+    conversations = json.loads((data / "datasets" / "llava" / "listing.json").read_text())
+    first = conversations[0]
+    assert first["id"] == train.column("item_id")[0].as_py()
+    assert first["conversations"][0]["value"].count("<image>") == len(first["image"]) == train.column("n_images")[0].as_py()
+    assert first["conversations"][1] == {"from": "gpt", "value": train.column("answer")[0].as_py()}
+
+
+def test_single_image_items_and_baselines(pipeline):
+    defs, instance, data = pipeline
+    single = run(defs, instance, D.single_image_items, config={"n_items": 300})
+    assert single.success and checks(single) == {"answers_rederived": True, "answer_balance": True}
+    assert run(defs, instance, D.eval_items, "odd_one", {"items_per_cell": 4}).success
+    result = run(defs, instance, D.baseline_scores, "odd_one")
+    assert result.success and checks(result) == {"oracle_scores_100": True}
+    md = result.asset_materializations_for_node("baseline_scores")[0].metadata
+    assert md["oracle_accuracy"].value == 100.0
+    assert 0 <= md["random_accuracy"].value < 100
+    rows = catalog.query(data / "mimic.duckdb", "select distinct checkpoint from eval_metrics where task = 'odd_one' order by 1")[1]
+    assert rows == [("majority",), ("oracle",), ("random",)]
+
+
+def test_a_source_without_an_index_fails_with_the_step_to_take(pipeline):
+    defs, instance, data = pipeline
+    result = run(defs, instance, D.eval_items, "common", {"source": "coco", "split": "val2017"})
+    assert not result.success
+    message = "\n".join(e.event_specific_data.error.message for e in result.all_events if e.is_step_failure)
+    assert "no annotation index for source 'coco'" in message and "materialize annotation_index[coco] first" in message
