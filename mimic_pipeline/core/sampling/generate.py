@@ -70,6 +70,7 @@ def generate_task(
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     global _WORKER_STATE
     _WORKER_STATE = (index, cfg, purpose, str(image_root).rstrip("/"))
+    _sampler(index, task)  # built here, before any fork, so workers share its pools instead of rebuilding them
     parts: list[pa.Table] = []
     try:
         if workers > 1 and len(jobs) > 1 and total >= PARALLEL_FROM and "fork" in mp.get_all_start_methods():
