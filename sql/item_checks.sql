@@ -3,20 +3,32 @@
 -- (no rows = valid). Category names join items to the index; `categories` may list a name under
 -- several ids (the shapes world's COCO and OpenImages splits), only the split's own rows match.
 
+-- The hierarchy as the checks read it, made once per check run (temp views on a read-only connection):
+-- `above` (every name with every name above it), `things` (one row per thing category id and name; a
+-- class with two parents has two `categories` rows), `kinds` (a parent's leaf children).
+
+-- name: _prelude
+create temp view above as
+with recursive up(source, name, ancestor) as (
+    select distinct source, name, parent from categories where parent is not null and parent <> name
+    union
+    select a.source, a.name, k.parent
+    from up a join categories k on k.source = a.source and k.name = a.ancestor and k.parent is not null and k.parent <> k.name
+)
+select * from up;
+create temp view things as select distinct source, category_id, name from categories where is_thing;
+create temp view kinds as
+select distinct k.source, k.parent, k.name from categories k
+where k.parent is not null and k.parent <> k.name
+  and not exists (select 1 from categories c where c.source = k.source and c.parent = k.name and c.name <> k.name);
+
 -- name: repeated_images
 select item_id, image_ids from items where len(list_distinct(image_ids)) <> len(image_ids);
 
 -- name: counting
 -- the total re-derived; crowd boxes of a queried class, distractors holding it, and boxes of any class
 -- above it in the hierarchy ("Bird" for an "Eagle" count) all flag the item
-with recursive above(source, name, ancestor) as (
-    select distinct source, name, parent from categories where parent is not null and parent <> name
-    union
-    select a.source, a.name, k.parent
-    from above a join categories k on k.source = a.source and k.name = a.ancestor and k.parent is not null and k.parent <> k.name
-),
-things as (select distinct source, category_id, name from categories where is_thing),
-per_image as (
+with per_image as (
     select item_id, answer, source, split, unnest(image_ids) as image_id, unnest(image_roles) as role, query
     from items
 ),
@@ -49,19 +61,7 @@ having derived::varchar <> any_value(answer) or bool_or(crowd) or bool_or(role =
 -- name: listing
 -- the kinds of a parent are its leaf children; an image holding the parent class itself, or anything
 -- else below it ("Fruit" or "Pear" for a Listing of "Food"), flags the item
-with recursive above(source, name, ancestor) as (
-    select distinct source, name, parent from categories where parent is not null and parent <> name
-    union
-    select a.source, a.name, k.parent
-    from above a join categories k on k.source = a.source and k.name = a.ancestor and k.parent is not null and k.parent <> k.name
-),
-things as (select distinct source, category_id, name from categories where is_thing),
-kinds as (
-    select distinct k.source, k.parent, k.name from categories k
-    where k.parent is not null and k.parent <> k.name
-      and not exists (select 1 from categories c where c.source = k.source and c.parent = k.name and c.name <> k.name)
-),
-per_image as (
+with per_image as (
     select item_id, source, split, query[1] as parent, unnest(image_ids) as image_id, unnest(image_roles) as role
     from items
 ),
@@ -107,19 +107,7 @@ where a.names is distinct from [i.answer];
 -- name: odd_one
 -- exactly one kind of the parent in fewer than half the images (the answer), every other kind present
 -- in more than half, no image holding the parent class or anything else below it
-with recursive above(source, name, ancestor) as (
-    select distinct source, name, parent from categories where parent is not null and parent <> name
-    union
-    select a.source, a.name, k.parent
-    from above a join categories k on k.source = a.source and k.name = a.ancestor and k.parent is not null and k.parent <> k.name
-),
-things as (select distinct source, category_id, name from categories where is_thing),
-kinds as (
-    select distinct k.source, k.parent, k.name from categories k
-    where k.parent is not null and k.parent <> k.name
-      and not exists (select 1 from categories c where c.source = k.source and c.parent = k.name and c.name <> k.name)
-),
-per_image as (
+with per_image as (
     select item_id, source, split, query[1] as parent, len(image_ids) as n, unnest(image_ids) as image_id from items
 ),
 held as (

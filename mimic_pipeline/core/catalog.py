@@ -171,6 +171,8 @@ def item_check_failures(db_path: str | Path, items_parquet: str | Path, checks: 
     out = {}
     with connect_reader(db_path) as con:
         con.execute(f"create temp view items as select * from read_parquet('{quoted}'){where}")
+        for statement in filter(str.strip, queries["_prelude"].split(";")):
+            con.execute(statement)
         for name in checks:
             cur = con.execute(queries[name])
             out[name] = ([d[0] for d in cur.description], cur.fetchall())
