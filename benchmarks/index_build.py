@@ -31,6 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
+from report import markdown_table, peak_rss_kib, plain_table  # sibling module: scripts run as benchmarks/X.py
+
 SEED = 20240601
 OPENIMAGES_GOAL_ROWS_PER_S = 1_000_000
 
@@ -234,17 +236,6 @@ def write_openimages(folder: Path, n_rows: int, seed: int) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------
 
 
-def peak_rss_kib() -> int:
-    """This process's peak resident memory (VmHWM) in KiB.
-
-    Not `getrusage(...).ru_maxrss`: Linux carries the parent's high-water mark into a child across
-    fork/exec, so every child would report at least the benchmark parent's own footprint (which
-    holds the generated inputs), and RUSAGE_CHILDREN in the parent inherits the same error.
-    """
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-
-
 def run_child(spec: str) -> None:
     """Child side: run one loader once and print its timing, row counts and peak RSS as JSON."""
     from mimic_pipeline.core.annotations import load_coco, load_openimages
@@ -324,22 +315,6 @@ def table_rows(results: list[Result]) -> list[list[str]]:
     return rows
 
 
-def plain_table(rows: list[list[str]]) -> str:
-    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(COLUMNS)]
-
-    def line(cells):
-        return "  ".join(
-            cell.rjust(w) if col in RIGHT_ALIGNED else cell.ljust(w) for col, cell, w in zip(COLUMNS, cells, widths)
-        ).rstrip()
-
-    return "\n".join([line(COLUMNS), line(["-" * w for w in widths]), *(line(row) for row in rows)])
-
-
-def markdown_table(rows: list[list[str]]) -> str:
-    rule = ["---:" if c in RIGHT_ALIGNED else "---" for c in COLUMNS]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in [COLUMNS, rule, *rows])
-
-
 def machine_line(load_at_start: float) -> str:
     # The load average tells whether other work shared the CPUs: on a busy 2-core machine the
     # DuckDB-parallel OpenImages loader can lose a third of its speed.
@@ -406,10 +381,10 @@ def main() -> None:
     print(machine_line(load_at_start))
     print(f"{args.runs} run(s) per loader, each in a fresh process; seconds time the loader call only")
     print()
-    print(plain_table(rows))
+    print(plain_table(COLUMNS, rows, RIGHT_ALIGNED))
     if args.markdown:
         print()
-        print(markdown_table(rows))
+        print(markdown_table(COLUMNS, rows, RIGHT_ALIGNED))
     print()
     baselines = ", ".join(f"{r.name} {r.baseline_mib:.0f} MiB" for r in results)
     print(f"peak RSS includes the interpreter and imports (before the call: {baselines})")
