@@ -52,8 +52,8 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path):
 def test_every_image_respects_the_invariants(tiny_world):
     cfg = TINY
     cell = cfg.image_size // cfg.grid
-    for split, records, folder in (("eval", tiny_world.eval_images, tiny_world.files.coco_images),
-                                   ("train", tiny_world.train_images, tiny_world.files.openimages_images)):  # fmt: skip
+    for records, folder in ((tiny_world.eval_images, tiny_world.files.coco_images),
+                            (tiny_world.train_images, tiny_world.files.openimages_images)):  # fmt: skip
         for rec in records:
             pixels = np.asarray(Image.open(folder / rec.file_name).convert("RGB"))
             assert pixels.shape == (cfg.image_size, cfg.image_size, 3)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import duckdb
 import pyarrow as pa
@@ -126,7 +126,7 @@ def replace_source_index(db_path: str | Path, index: AnnotationIndex, config_has
             con.unregister(f"new_{name}")
         con.execute(
             "insert into annotation_builds values (?, ?, ?, ?, ?, ?, ?, ?)",
-            [index.source, datetime.now(timezone.utc).replace(tzinfo=None), json.dumps(index.source_files),
+            [index.source, datetime.now(UTC).replace(tzinfo=None), json.dumps(index.source_files),
              json.dumps(index.notes), config_hash, counts["categories"], counts["images"], counts["instance_counts"]],
         )  # fmt: skip
     return counts

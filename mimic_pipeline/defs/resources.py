@@ -64,7 +64,7 @@ class AnnotationSources(dg.ConfigurableResource):
     openimages_require_images: bool = False
 
     @classmethod
-    def from_env(cls) -> "AnnotationSources":
+    def from_env(cls) -> AnnotationSources:
         env = os.environ.get
         return cls(
             coco_annotations=env("MIMIC_COCO_ANNOTATIONS"),

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .common import CommonSampler
-from .config import GENERATOR_VERSION, TASKS, BenchmarkConfig, Cell
+from .config import GENERATOR_VERSION, TASKS, BenchmarkConfig, Cell, items_per_task
 from .counting import CountingSampler
-from .items import AXIS_COLUMNS, ITEM_SCHEMA, ItemDraft, struct_json
+from .items import AXIS_COLUMNS, ITEM_SCHEMA, ItemDraft, struct_json, write_items, write_llava_json
 from .listing import ListingSampler
 from .odd_one import OddOneSampler
 from .pools import SamplingError, SamplingIndex
@@ -158,8 +157,6 @@ def generate_eval_sets(index: SamplingIndex, cfg: BenchmarkConfig, image_root, p
 def generate_train_sets(
     index: SamplingIndex, cfg: BenchmarkConfig, image_root, total: int, mix: dict[str, float], progress: Progress | None = None
 ) -> dict[str, pa.Table]:
-    from .config import items_per_task
-
     per_task = items_per_task(total, mix)
     return {task: generate_task(index, task, cfg, "train", image_root, cell_sizes(cfg.cells(task), n), progress)
             for task, n in per_task.items() if n}  # fmt: skip
@@ -167,8 +164,6 @@ def generate_train_sets(
 
 def write_item_sets(out_dir: str | Path, purpose: str, tables: dict[str, pa.Table], llava: bool = False) -> list[Path]:
     """`<out>/<purpose>/<task>.parquet` per task (and `<out>/llava/<task>.json` with `llava`), atomically."""
-    from .items import write_items, write_llava_json
-
     out_dir = Path(out_dir)
     written = []
     for task, table in tables.items():
