@@ -84,3 +84,40 @@ def test_generate_writes_the_benchmark_from_annotation_files(tmp_path):
     assert bad.returncode == 1 and "missing.json: COCO annotation file does not exist" in bad.stderr
     usage = mimic("generate", "--openimages-boxes", "x.csv", "--out", str(out), check=False)
     assert usage.returncode == 2 and "go together" in usage.stderr
+
+
+@pytest.mark.slow
+def test_a_demo_killed_mid_run_does_not_block_the_next_one(tmp_path):
+    """SIGKILL leaves the run STARTED and its `duckdb` pool slot claimed; the next demo must free both."""
+    import shutil
+    import signal
+    import time
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")  # the pool limits under test
+    data = tmp_path / "data"
+    args = ["demo", "--data-dir", str(data), "--eval-images", "300", "--train-images", "400", "--items-per-cell", "4"]
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        first = subprocess.Popen([sys.executable, "-m", "mimic_pipeline.cli", *args, "--train-set-items", "30000"],
+                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)  # fmt: skip
+        deadline = time.monotonic() + 300
+        while "materializing train_items[counting]" not in log.read_text():
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        time.sleep(1.0)  # inside the step, holding the pool slot
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        stuck = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        assert len(stuck) == 1 and stuck[0].tags["mimic/pid"] == str(first.pid)
+
+    second = subprocess.run([sys.executable, "-m", "mimic_pipeline.cli", *args, "--train-set-items", "120"],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)  # fmt: skip
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"released run {stuck[0].run_id} left behind by a killed process ({first.pid})" in second.stdout
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_run_by_id(stuck[0].run_id).status == dg.DagsterRunStatus.FAILURE

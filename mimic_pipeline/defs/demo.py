@@ -7,6 +7,7 @@ partitions the embedded default needs: the `shapes` source, plus any real source
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -39,6 +40,37 @@ def demo_steps(defs: dg.Definitions) -> list[DemoStep]:
     return steps
 
 
+STALE_STATUSES = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.NOT_STARTED)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_stale_demo_runs(instance: dg.DagsterInstance, log: Callable[[str], None] = print) -> list[str]:
+    """Fail the demo runs whose process is gone (killed mid-run) and free their concurrency slots.
+
+    A run killed with SIGKILL keeps its slot in the `duckdb` pool (limit 1), and every later writer
+    would wait for it forever. Only runs this CLI started (tag `mimic/pid`) are touched; runs the
+    daemon launched are the daemon's run monitoring's business.
+    """
+    released = []
+    for run in instance.get_runs(dg.RunsFilter(statuses=list(STALE_STATUSES), tags={"mimic/demo": "true"})):
+        pid = run.tags.get("mimic/pid")
+        if pid and pid.isdigit() and not _alive(int(pid)):
+            instance.report_run_failed(run, f"process {pid} running it is gone (killed); marked failed by mimic demo")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            released.append(run.run_id)
+            log(f"released run {run.run_id} left behind by a killed process ({pid})")
+    return released
+
+
 def run_demo(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -46,6 +78,7 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> list[tuple[DemoStep, float]]:
     """Materialize each step; stops at the first failure with the step named. Returns step timings."""
+    release_stale_demo_runs(instance, log)
     assets = list(defs.assets)
     timings = []
     steps = demo_steps(defs)
@@ -59,7 +92,7 @@ def run_demo(
         result = dg.materialize(
             assets, selection=[step.asset_key], partition_key=step.partition_key, instance=instance,
             resources=defs.resources, run_config=step_config,
-            tags={"mimic/demo": "true"}, raise_on_error=False,
+            tags={"mimic/demo": "true", "mimic/pid": str(os.getpid())}, raise_on_error=False,
         )  # fmt: skip
         elapsed = time.perf_counter() - started
         if not result.success:
