@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from datetime import datetime, timezone, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from collections.abc import Iterator
 
