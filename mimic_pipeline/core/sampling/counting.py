@@ -26,6 +26,7 @@ class CountingSampler:
         self._pools: dict[tuple[int, int], np.ndarray] = {}
         self._usable: dict[int, np.ndarray] = {}
         self._feasible: dict[tuple[int, ...], list[int]] = {}
+        self._max_count: dict[int, int] = {}
         self.classes = [c for c in range(len(index.names)) if index.leaf[c]]
 
     def pool(self, c: int, k: int) -> np.ndarray:
@@ -74,8 +75,11 @@ class CountingSampler:
         return int(ok[rng.integers(0, len(ok))])
 
     def max_count(self, c: int) -> int:
-        ks = np.unique(self.index.pools[c].counts)
-        return int(max((k for k in ks.tolist() if len(self.pool(c, k)) > 0), default=0))
+        """The largest count of `c` that some usable image holds (0 if none)."""
+        if c not in self._max_count:
+            counts = self.index.usable(c)[1]
+            self._max_count[c] = int(counts.max()) if len(counts) else 0
+        return self._max_count[c]
 
     def sample(self, cell: Cell, settings: dict, rng: np.random.Generator, n: int) -> list[ItemDraft]:
         if cell.axis == "spread":

@@ -117,20 +117,23 @@ class SamplingIndex:
 
     def count_pool(self, c: int, k: int) -> np.ndarray:
         """Images with exactly `k` instances of `c`, no crowd box of it and no box of an ancestor."""
-        pool = self.pools[c]
-        keep = (pool.counts == k) & ~pool.crowd
-        images = pool.images[keep]
-        if self.ancestors[c]:
-            images = images[~self.has_any(images, self.bits(self.ancestors[c]))]
-        return images
+        images, counts = self.usable(c)
+        return images[counts == k]
 
     def usable_images(self, c: int) -> np.ndarray:
         """Images holding `c` that can serve as its needles (no crowd box, no ancestor box)."""
-        pool = self.pools[c]
-        images = pool.images[~pool.crowd]
-        if self.ancestors[c]:
-            images = images[~self.has_any(images, self.bits(self.ancestors[c]))]
-        return images
+        return self.usable(c)[0]
+
+    def usable(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """(images, counts) of `c` that can serve as needles; computed once per category."""
+        key = ("usable", c)
+        if key not in self.extra:
+            pool = self.pools[c]
+            keep = ~pool.crowd
+            if self.ancestors[c]:
+                keep &= ~self.has_any(pool.images, self.bits(self.ancestors[c]))
+            self.extra[key] = (pool.images[keep], pool.counts[keep])
+        return self.extra[key]
 
     def draw_without(self, rng: np.random.Generator, avoid: np.ndarray, n: int, exclude=()) -> np.ndarray:
         """`n` distinct random images holding no category of the bitset `avoid` (and not in `exclude`).
