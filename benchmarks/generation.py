@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from report import markdown_table, peak_rss_kib, plain_table  # sibling module: scripts run as benchmarks/X.py
+from report import freebase_ids, markdown_table, peak_rss_kib, plain_table  # sibling module: scripts run as benchmarks/X.py
 
 SEED = 20240611
 TRAIN_ITEMS = 198_000
@@ -84,15 +84,6 @@ def pseudo_names(rng: np.random.Generator, n: int) -> list[str]:
             word = "".join(parts[:cut]) + " " + "".join(parts[cut:])
         names.setdefault(word.capitalize())
     return list(names)
-
-
-def freebase_ids(rng: np.random.Generator, n: int) -> list[str]:
-    """`n` distinct OpenImages-style class ids such as /m/0k4j2."""
-    alphabet = np.array(list("0123456789bcdfghjklmnpqrstvwxyz_"))
-    ids: dict[str, None] = {}
-    while len(ids) < n:
-        ids.setdefault("/m/0" + "".join(rng.choice(alphabet, size=int(rng.integers(4, 7)))))
-    return list(ids)
 
 
 def zipf_probabilities(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from report import markdown_table, peak_rss_kib, plain_table  # sibling module: scripts run as benchmarks/X.py
+from report import freebase_ids, markdown_table, peak_rss_kib, plain_table  # sibling module: scripts run as benchmarks/X.py
 
 SEED = 20240601
 OPENIMAGES_GOAL_ROWS_PER_S = 1_000_000
@@ -155,20 +155,11 @@ def write_coco(path: Path, n_images: int, n_boxes: int, seed: int) -> None:
     path.write_text(json.dumps(data))
 
 
-def openimages_labels(rng: np.random.Generator, n: int) -> list[str]:
-    """`n` distinct Freebase-style ids such as /m/0k4j2."""
-    alphabet = np.array(list("0123456789bcdfghjklmnpqrstvwxyz_"))
-    labels: dict[str, None] = {}
-    while len(labels) < n:
-        labels.setdefault("/m/0" + "".join(rng.choice(alphabet, size=int(rng.integers(4, 7)))))
-    return list(labels)
-
-
 def write_openimages(folder: Path, n_rows: int, seed: int) -> dict[str, Path]:
     """OpenImages V7 box CSV, class descriptions and a 2-level hierarchy; returns paths by role."""
     rng = np.random.default_rng(seed)
     n_groups, n_classes = 60, 600
-    labels = openimages_labels(rng, n_classes)
+    labels = freebase_ids(rng, n_classes)
     groups, leaves = labels[:n_groups], labels[n_groups:]
     # Every group gets at least one leaf; 2% of leaves also sit under a second group, as in the real
     # hierarchy where a class can have two parents.

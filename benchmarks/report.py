@@ -1,6 +1,8 @@
-"""What the benchmark scripts share: peak memory of this process, and their result tables."""
+"""What the benchmark scripts share: peak memory of this process, result tables, synthetic class ids."""
 
 from __future__ import annotations
+
+import numpy as np
 
 
 def peak_rss_kib() -> int:
@@ -28,3 +30,12 @@ def plain_table(columns: list[str], rows: list[list[str]], right_aligned: set[st
 def markdown_table(columns: list[str], rows: list[list[str]], right_aligned: set[str]) -> str:
     rule = ["---:" if c in right_aligned else "---" for c in columns]
     return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in [columns, rule, *rows])
+
+
+def freebase_ids(rng: np.random.Generator, n: int) -> list[str]:
+    """`n` distinct OpenImages-style (Freebase) class ids such as /m/0k4j2."""
+    alphabet = np.array(list("0123456789bcdfghjklmnpqrstvwxyz_"))
+    ids: dict[str, None] = {}
+    while len(ids) < n:
+        ids.setdefault("/m/0" + "".join(rng.choice(alphabet, size=int(rng.integers(4, 7)))))
+    return list(ids)
