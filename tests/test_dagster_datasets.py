@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -100,3 +101,27 @@ def test_a_source_without_an_index_fails_with_the_step_to_take(pipeline):
     assert not result.success
     message = "\n".join(e.event_specific_data.error.message for e in result.all_events if e.is_step_failure)
     assert "no annotation index for source 'coco'" in message and "materialize annotation_index[coco] first" in message
+
+
+def test_an_item_set_failing_a_blocking_check_never_replaces_the_good_one(pipeline, monkeypatch):
+    """The SQL re-derivation runs on a staged file; a wrong answer fails the run and the published set stays."""
+    defs, instance, data = pipeline
+    assert run(defs, instance, D.eval_items, "common", {"items_per_cell": 3}).success
+    published = data / "datasets" / "eval" / "common.parquet"
+    good = published.read_bytes()
+
+    real_generate = D.generate_task
+
+    def with_a_wrong_answer(*args, **kwargs):  # as if the Python engine had let one bad item through
+        table = real_generate(*args, **kwargs)
+        answers = table.column("answer").to_pylist()
+        answers[0] = "not a category"
+        return table.set_column(table.schema.get_field_index("answer"), "answer", pa.array(answers))
+
+    monkeypatch.setattr(D, "generate_task", with_a_wrong_answer)
+    result = run(defs, instance, D.eval_items, "common", {"items_per_cell": 3, "seed": 5})
+    assert not result.success
+    message = "\n".join(e.event_specific_data.error.message for e in result.all_events if e.is_step_failure)
+    assert "blocking checks failed: answers_rederived" in message and f"{published} keeps the previous items" in message
+    assert published.read_bytes() == good
+    assert not list((data / "datasets" / "staging").glob("*.parquet"))

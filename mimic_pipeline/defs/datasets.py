@@ -1,7 +1,9 @@
 """Stage `datasets`: MIMIC eval sets and the procedural training set, per task, plus baseline scores."""
 
 import json
+import os
 import time
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -97,6 +99,31 @@ def _item_checks(paths: MimicPaths, path, tasks: list[str], table: pa.Table, ext
     ]  # fmt: skip
 
 
+def _publish(paths: MimicPaths, table: pa.Table, final: Path, tasks: list[str], extra=lambda staged: []):
+    """Write the items to a staging file, run the checks on it, and only then move it into place.
+
+    A set that fails a blocking check never replaces the last good one: the run fails with the
+    check's findings and the views keep reading the previous file. Returns (path, check results).
+    """
+    staged = write_items(table, paths.datasets / "staging" / f"{final.parent.name}-{final.name}")
+    try:
+        catalog.create_item_views(paths.catalog, paths.datasets)  # views over what is published (for disjointness)
+        results = _item_checks(paths, staged, tasks, table, extra(staged))
+        failed = [r for r in results if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR]
+        if failed:
+            raise dg.Failure(
+                description=f"blocking checks failed: {', '.join(r.check_name for r in failed)}; "
+                f"{final} keeps the previous items",
+                metadata={f"{r.check_name}_{k}": v for r in failed for k, v in r.metadata.items()},
+            )
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, final)
+    finally:
+        staged.unlink(missing_ok=True)
+    catalog.create_item_views(paths.catalog, paths.datasets)
+    return final, results
+
+
 def _item_metadata(table: pa.Table, path, seconds: float, cfg: BenchmarkConfig, index: SamplingIndex) -> dict:
     preview_cols = ["item_id", "n_images", "question", "answer"]
     rows = [tuple(r[c] for c in preview_cols) for r in table.slice(0, 8).select(preview_cols).to_pylist()]
@@ -140,11 +167,10 @@ def eval_items(context: dg.AssetExecutionContext, config: EvalSetSettings, paths
     except SamplingError as e:
         raise dg.Failure(description=str(e)) from e
     seconds = time.perf_counter() - started
-    path = write_items(table, paths.datasets / "eval" / f"{task}.parquet")
-    catalog.create_item_views(paths.catalog, paths.datasets)
+    path, checks = _publish(paths, table, paths.datasets / "eval" / f"{task}.parquet", [task])
     return dg.MaterializeResult(
         metadata={**_item_metadata(table, path, seconds, cfg, index), "cells": len(cfg.cells(task))},
-        check_results=_item_checks(paths, path, [task], table),
+        check_results=checks,
         data_version=dg.DataVersion(config_hash({"cfg": cfg.hash, "task": task, "source": config.source, "split": config.split})),
     )
 
@@ -177,21 +203,23 @@ def train_items(context: dg.AssetExecutionContext, config: TrainSetSettings, pat
     except SamplingError as e:
         raise dg.Failure(description=str(e)) from e
     seconds = time.perf_counter() - started
-    path = write_items(table, paths.datasets / "train" / f"{task}.parquet")
+    path, checks = _publish(paths, table, paths.datasets / "train" / f"{task}.parquet", [task],
+                            extra=lambda staged: [_disjoint_from_eval(paths, staged)])  # fmt: skip
     llava = write_llava_json(table, paths.datasets / "llava" / f"{task}.json")
-    views = catalog.create_item_views(paths.catalog, paths.datasets)
-    if "eval_items" in views:
-        cols, overlap = catalog.item_check_failures(paths.catalog, path, ["train_eval_overlap"])["train_eval_overlap"]
-        disjoint = dg.AssetCheckResult(check_name="disjoint_from_eval", passed=not overlap,
-                                       metadata={"shared_images": dg.MetadataValue.md(markdown_table(cols, overlap) if overlap else "none")})  # fmt: skip
-    else:
-        disjoint = dg.AssetCheckResult(check_name="disjoint_from_eval", passed=False, severity=dg.AssetCheckSeverity.WARN,
-                                       description="no eval items yet: materialize eval_items, then this check again")  # fmt: skip
     return dg.MaterializeResult(
         metadata={**_item_metadata(table, path, seconds, cfg, index), "llava_json": dg.MetadataValue.path(str(llava))},
-        check_results=_item_checks(paths, path, [task], table, [disjoint]),
+        check_results=checks,
         data_version=dg.DataVersion(config_hash({"cfg": cfg.hash, "task": task, "n": n_items, "source": config.source})),
     )
+
+
+def _disjoint_from_eval(paths: MimicPaths, staged: Path) -> dg.AssetCheckResult:
+    if not any((paths.datasets / "eval").glob("*.parquet")):
+        return dg.AssetCheckResult(check_name="disjoint_from_eval", passed=False, severity=dg.AssetCheckSeverity.WARN,
+                                   description="no eval items yet: materialize eval_items, then this check again")  # fmt: skip
+    cols, overlap = catalog.item_check_failures(paths.catalog, staged, ["train_eval_overlap"])["train_eval_overlap"]
+    return dg.AssetCheckResult(check_name="disjoint_from_eval", passed=not overlap,
+                               metadata={"shared_images": dg.MetadataValue.md(markdown_table(cols, overlap) if overlap else "none")})  # fmt: skip
 
 
 class SingleImageSettings(dg.Config):
@@ -225,16 +253,15 @@ def single_image_items(context: dg.AssetExecutionContext, config: SingleImageSet
     except SamplingError as e:
         raise dg.Failure(description=str(e)) from e
     seconds = time.perf_counter() - started
-    path = write_items(table, paths.datasets / "single_image" / "items.parquet")
+    path, checks = _publish(paths, table, paths.datasets / "single_image" / "items.parquet", sorted(mix))
     llava = write_llava_json(table, paths.datasets / "llava" / "single_image.json")
-    catalog.create_item_views(paths.catalog, paths.datasets)
     return dg.MaterializeResult(
         metadata={**table_metadata(row_count=table.num_rows, schema=ITEM_SCHEMA, uri=path, descriptions=ITEM_COLUMNS,
                                    preview=(["item_id", "question", "answer"],
                                             [(r["item_id"], r["question"], r["answer"]) for r in table.slice(0, 8).to_pylist()])),
                   "items_per_second": round(table.num_rows / max(seconds, 1e-9), 1), "seconds": round(seconds, 2),
                   "llava_json": dg.MetadataValue.path(str(llava)), "source": f"{index.source}/{index.split}"},
-        check_results=_item_checks(paths, path, sorted(mix), table),
+        check_results=checks,
         data_version=dg.DataVersion(chash),
     )  # fmt: skip
 
