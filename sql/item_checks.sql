@@ -5,7 +5,9 @@
 
 -- The hierarchy as the checks read it, made once per check run (temp views on a read-only connection):
 -- `above` (every name with every name above it), `things` (one row per thing category id and name; a
--- class with two parents has two `categories` rows), `kinds` (a parent's leaf children).
+-- class with two parents has two `categories` rows), `kinds` (a parent's leaf children), and
+-- `parent_holdings` (for Listing / Odd-One items: every category each image holds, whether it is one of
+-- the asked parent's kinds, and whether it lies below that parent at all).
 
 -- name: _prelude
 create temp view above as
@@ -21,6 +23,19 @@ create temp view kinds as
 select distinct k.source, k.parent, k.name from categories k
 where k.parent is not null and k.parent <> k.name
   and not exists (select 1 from categories c where c.source = k.source and c.parent = k.name and c.name <> k.name);
+create temp view parent_holdings as
+with per_image as (
+    select item_id, source, split, query[1] as parent, len(image_ids) as n,
+           unnest(image_ids) as image_id, unnest(image_roles) as role
+    from items
+)
+select p.item_id, p.n, p.image_id, p.role, t.name,
+       exists (select 1 from kinds d where d.source = p.source and d.parent = p.parent and d.name = t.name) as is_kind,
+       t.name = p.parent
+         or exists (select 1 from above a where a.source = p.source and a.name = t.name and a.ancestor = p.parent) as below
+from per_image p
+join instance_counts c on c.source = p.source and c.split = p.split and c.image_id = p.image_id
+join things t on t.source = c.source and t.category_id = c.category_id;
 
 -- name: repeated_images
 select item_id, image_ids from items where len(list_distinct(image_ids)) <> len(image_ids);
@@ -61,25 +76,12 @@ having derived::varchar <> any_value(answer) or bool_or(crowd) or bool_or(role =
 -- name: listing
 -- the kinds of a parent are its leaf children; an image holding the parent class itself, or anything
 -- else below it ("Fruit" or "Pear" for a Listing of "Food"), flags the item
-with per_image as (
-    select item_id, source, split, query[1] as parent, unnest(image_ids) as image_id, unnest(image_roles) as role
-    from items
-),
-held as (
-    select p.item_id, p.role, p.parent, t.name,
-           exists (select 1 from kinds d where d.source = p.source and d.parent = p.parent and d.name = t.name) as is_kind,
-           t.name = p.parent
-             or exists (select 1 from above a where a.source = p.source and a.name = t.name and a.ancestor = p.parent) as below
-    from per_image p
-    join instance_counts c on c.source = p.source and c.split = p.split and c.image_id = p.image_id
-    join things t on t.source = c.source and t.category_id = c.category_id
-),
-derived as (
+with derived as (
     select item_id,
            array_to_string(list_sort(list_distinct(list(name) filter (where is_kind))), ', ') as derived,
            bool_or(role = 'distractor' and is_kind) as distractor_holds_kind,
            bool_or(below and not is_kind) as ambiguous_image
-    from held group by item_id
+    from parent_holdings group by item_id
 )
 select i.item_id, i.answer, d.derived, d.distractor_holds_kind, d.ambiguous_image
 from items i left join derived d using (item_id)
@@ -107,27 +109,16 @@ where a.names is distinct from [i.answer];
 -- name: odd_one
 -- exactly one kind of the parent in fewer than half the images (the answer), every other kind present
 -- in more than half, no image holding the parent class or anything else below it
-with per_image as (
-    select item_id, source, split, query[1] as parent, len(image_ids) as n, unnest(image_ids) as image_id from items
-),
-held as (
-    select distinct p.item_id, p.n, p.image_id, t.name,
-           exists (select 1 from kinds d where d.source = p.source and d.parent = p.parent and d.name = t.name) as is_kind,
-           t.name = p.parent
-             or exists (select 1 from above a where a.source = p.source and a.name = t.name and a.ancestor = p.parent) as below
-    from per_image p
-    join instance_counts c on c.source = p.source and c.split = p.split and c.image_id = p.image_id
-    join things t on t.source = c.source and t.category_id = c.category_id
-),
-presence as (
-    select item_id, any_value(n) as n, name, count(distinct image_id) as images from held where is_kind group by item_id, name
+with presence as (
+    select item_id, any_value(n) as n, name, count(distinct image_id) as images
+    from parent_holdings where is_kind group by item_id, name
 ),
 derived as (
     select item_id, list_sort(list(name) filter (where images < n / 2)) as minority,
            bool_and(images < n / 2 or images > n / 2) as no_tie
     from presence group by item_id
 ),
-ambiguous as (select distinct item_id from held where below and not is_kind)
+ambiguous as (select distinct item_id from parent_holdings where below and not is_kind)
 select i.item_id, i.answer, d.minority, i.item_id in (select item_id from ambiguous) as ambiguous_image
 from items i left join derived d using (item_id)
 where d.minority is distinct from [i.answer] or not d.no_tie or i.item_id in (select item_id from ambiguous);

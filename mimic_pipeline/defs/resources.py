@@ -9,6 +9,7 @@ import dagster as dg
 
 from ..core.annotations import CocoFiles, OpenImagesFiles, shapes_world_parts
 from ..core.catalog import catalog_path
+from ..core.shapes_world import ShapesWorldFiles
 
 DEFAULT_DATA_DIR = "data"
 
@@ -89,7 +90,8 @@ class AnnotationSources(dg.ConfigurableResource):
     def image_root(self, source: str, split: str, paths: MimicPaths) -> str:
         """The folder an item's image paths start from (empty when the user gave no image folder)."""
         if source == "shapes":
-            return str(paths.source_dir("shapes") / split / "images")
+            world = ShapesWorldFiles(paths.source_dir("shapes"))
+            return str({"eval": world.coco_images, "train": world.openimages_images}[split])
         return {"coco": self.coco_images, "openimages": self.openimages_images}.get(source) or ""
 
     def parts(self, source: str, paths: MimicPaths) -> list[CocoFiles | OpenImagesFiles]:

@@ -24,7 +24,6 @@ class CountingSampler:
     def __init__(self, index: SamplingIndex):
         self.index = index
         self._pools: dict[tuple[int, int], np.ndarray] = {}
-        self._usable: dict[int, np.ndarray] = {}
         self._feasible: dict[tuple[int, ...], list[int]] = {}
         self._max_count: dict[int, int] = {}
         self.classes = [c for c in range(len(index.names)) if index.leaf[c]]
@@ -58,11 +57,6 @@ class CountingSampler:
         images, roles, per_image = shuffled(rng, images, roles, per_image)
         name = self.index.names[c]
         return ItemDraft(images, roles, [name], str(sum(per_image)), {"total": sum(per_image), "counts": {name: per_image}})
-
-    def usable(self, c: int) -> np.ndarray:
-        if c not in self._usable:
-            self._usable[c] = self.index.usable_images(c)
-        return self._usable[c]
 
     def pick_class(self, rng: np.random.Generator, counts: list[int]) -> int:
         key = tuple(sorted(counts))
@@ -129,7 +123,7 @@ class CountingSampler:
         idx = self.index
         for _ in range(MAX_TRIES):
             classes = sorted(int(c) for c in rng.choice(self.classes, size=q, replace=False))
-            usable = [self.usable(c) for c in classes]
+            usable = [idx.usable_images(c) for c in classes]  # cached on the index
             if any(len(u) == 0 for u in usable):
                 continue
             # each image holds at least one queried class; classes drawn per slot, then images

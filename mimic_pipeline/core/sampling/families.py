@@ -13,7 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .pools import SamplingIndex
+from .pools import SamplingError, SamplingIndex
 
 
 CACHE_LIMIT = 100_000
@@ -94,6 +94,15 @@ def families(index: SamplingIndex) -> dict[str, Family]:
             out[parent] = Family(parent, children, uniq.astype(np.int64), groups)
         index.extra[key] = out
     return index.extra[key]
+
+
+def require_families(index: SamplingIndex, task: str) -> dict[str, Family]:
+    """The families of a Listing / Odd-One sampler; an index without any is an error naming the fix."""
+    found = families(index)
+    if not found:
+        raise SamplingError(f"{index.source}/{index.split}: no parent has two or more leaf children; {task} needs a "
+                            "hierarchy (COCO super-categories, OpenImages Subcategory links)")  # fmt: skip
+    return found
 
 
 def popcount(x: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import Cell
-from .families import Family, families
+from .families import Family, require_families
 from .items import ItemDraft, shuffled
 from .pools import SamplingError, SamplingIndex
 
@@ -22,10 +22,7 @@ DRAWS_PER_SUBSET = 8
 class ListingSampler:
     def __init__(self, index: SamplingIndex):
         self.index = index
-        self.families = families(index)
-        if not self.families:
-            raise SamplingError(f"{index.source}/{index.split}: no parent has two or more leaf children; "
-                                "Listing needs a hierarchy (COCO super-categories, OpenImages Subcategory links)")  # fmt: skip
+        self.families = require_families(index, "Listing")
         self.parents = sorted(self.families)
 
     def sample(self, cell: Cell, settings: dict, rng: np.random.Generator, n: int) -> list[ItemDraft]:

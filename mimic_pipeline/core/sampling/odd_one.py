@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import Cell
-from .families import families
+from .families import require_families
 from .items import ItemDraft, shuffled
 from .pools import SamplingError, SamplingIndex
 
@@ -20,9 +20,7 @@ MAX_TRIES = 300
 class OddOneSampler:
     def __init__(self, index: SamplingIndex):
         self.index = index
-        self.families = families(index)
-        if not self.families:
-            raise SamplingError(f"{index.source}/{index.split}: no parent has two or more leaf children; Odd-One needs a hierarchy")
+        self.families = require_families(index, "Odd-One")
         self.parents = sorted(self.families)
 
     def sample(self, cell: Cell, settings: dict, rng: np.random.Generator, n: int) -> list[ItemDraft]:
