@@ -36,7 +36,7 @@ def test_shapes_world_round_trip_gives_exactly_the_rendered_counts(tiny_world):
     images = index.images.to_pylist()
     eval_images = [r for r in images if r["split"] == "eval"]
     assert len(eval_images) == TINY.n_eval_images  # COCO lists every image, empty ones included
-    assert all((r["width"], r["height"]) == (64, 64) for r in images)
+    assert all((r["width"], r["height"]) == (TINY.image_size, TINY.image_size) for r in images)
     train_ids = {r["image_id"] for r in images if r["split"] == "train"}
     # OpenImages lists only images that have boxes, exactly as in the real box CSV
     assert train_ids == {r.image_id for r in tiny_world.train_images if r.objects}

@@ -25,7 +25,7 @@ class ShapesWorldSettings(dg.Config):
     """How big the rendered shapes world is and how it looks (all values recorded with the files)."""
 
     seed: int = 0
-    image_size: int = 64
+    image_size: int = 32
     grid: int = 4
     n_eval_images: int = 3000
     n_train_images: int = 20000
