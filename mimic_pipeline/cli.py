@@ -58,6 +58,8 @@ def cmd_demo(args) -> int:
         "train_items": given(seed=args.seed, total_items=args.train_set_items),
         "single_image_items": given(seed=args.seed, n_items=args.single_image_items),
         "baseline_scores": given(seed=args.seed),
+        **{f"{recipe}_checkpoint": given(steps_scale=args.train_scale, heldout_items=args.heldout_items)
+           for recipe in ("base", "full_ft", "lora", "lora_masked")},
     }
     run_config = {"ops": {name: {"config": cfg} for name, cfg in ops.items() if cfg}}
     print(f"MIMIC demo: data in {data_dir}, Dagster instance in {home}")
@@ -72,13 +74,15 @@ def cmd_demo(args) -> int:
     db = catalog.catalog_path(data_dir)
     print(f"\nAll assets materialized in {time.perf_counter() - started:.0f}s.\n")
     for report, sql_file, name in (("Annotation index", "annotation_reports", "index_overview"),
-                                   ("Item sets and reference baselines (accuracy %)", "dataset_reports", "items_overview")):
+                                   ("Item sets and reference baselines (accuracy %)", "dataset_reports", "items_overview"),
+                                   ("Checkpoints (held-out accuracy %)", "training", "checkpoint_overview")):
         cols, rows = catalog.query(db, catalog.named_queries(sql_file)[name])
         print(f"{report}:\n{text_table(cols, rows)}\n")
     print(f"\nCatalogue:     {db}   (try: mimic query \"select * from annotation_builds\")")
     print(f"Shapes world:  {Path(data_dir) / 'sources' / 'shapes'}")
     print(f"Parquet index: {Path(data_dir) / 'index'}")
     print(f"Item sets:     {Path(data_dir) / 'datasets'}   (views eval_items, train_items)")
+    print(f"Checkpoints:   {Path(data_dir) / 'checkpoints'}   (table checkpoints)")
     print(f"Dagster UI:    mimic ui   (runs, metadata and checks of this demo are in {home})")
     return 0
 
@@ -160,6 +164,39 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    """One recipe outside Dagster; runs under `accelerate launch` unchanged (multi-GPU or multi-process CPU)."""
+    from .core.errors import InputFileError
+    from .core.training.recipes import configured_recipe
+    from .core.training.trainer import run_recipe
+
+    datasets = Path(_data_dir(args)) / "datasets"
+    single = [Path(p) for p in args.single_image] or [datasets / "single_image" / "items.parquet"]
+    multi = [Path(p) for p in args.train] or sorted((datasets / "train").glob("*.parquet"))
+    if args.recipe == "base":
+        multi = []
+    try:
+        recipe = configured_recipe(args.recipe, args.steps_scale, json.loads(args.overrides or "{}"), paper=args.paper)
+        if args.recipe != "base" and not args.base:
+            raise ValueError(f"recipe {args.recipe} fine-tunes a checkpoint: give --base DIR")
+        if recipe.single_image_share == 0:
+            single = []
+
+        def progress(step: int, total: int, loss: float) -> None:
+            if step == total or step % 25 == 0:
+                print(f"  {args.recipe}: step {step}/{total}  loss {loss:.4f}", flush=True)
+
+        result = run_recipe(recipe, args.out, single, multi, base=args.base, n_heldout=args.heldout, progress=progress)
+    except (ValueError, InputFileError) as e:
+        print(f"mimic train: {e}", file=sys.stderr)
+        return 2
+    print(f"checkpoint {result.path} ({result.steps} steps, {result.wall_s:.0f}s, "
+          f"{result.trainable_parameters:,} trainable parameters)")  # fmt: skip
+    for when, acc in result.heldout_accuracy.items():
+        print(f"  held-out accuracy {when}: " + ", ".join(f"{k} {v}" for k, v in acc.items()))
+    return 0
+
+
 def cmd_ui(args) -> int:
     data_dir = _data_dir(args)
     os.environ["MIMIC_DATA_DIR"] = data_dir
@@ -184,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--items-per-cell", type=int, help="eval items per (task, study, value) cell (default 100)")
     d.add_argument("--train-set-items", type=int, help="training items over all tasks (default 198000)")
     d.add_argument("--single-image-items", type=int, help="single-image instruction items (default 60000)")
+    d.add_argument("--train-scale", type=float, help="multiply every training recipe's steps (default 1; quick look: 0.1)")
+    d.add_argument("--heldout-items", type=int, help="items held out of each training run to measure it (default 300)")
     d.set_defaults(func=cmd_demo)
 
     q = sub.add_parser("query", help="run one SQL query against the catalogue, read-only")
@@ -206,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-items", type=int, default=198_000, help="training items over all tasks")
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("train", help="train one recipe into a checkpoint directory, without Dagster "
+                                     "(also under `accelerate launch -m mimic_pipeline.cli train ...`)")  # fmt: skip
+    t.add_argument("--recipe", required=True, choices=["base", "full_ft", "lora", "lora_masked"])
+    t.add_argument("--out", required=True, help="checkpoint directory to write (DONE is written last)")
+    t.add_argument("--base", help="checkpoint to fine-tune: one trained here or a downloaded LLaVA-OV / Qwen2-VL folder")
+    t.add_argument("--data-dir", help="where the item sets are (default: $MIMIC_DATA_DIR or ./data)")
+    t.add_argument("--single-image", nargs="*", default=[], help="single-image item Parquet (default: the data dir's)")
+    t.add_argument("--train", nargs="*", default=[], help="multi-image item Parquet files (default: the data dir's)")
+    t.add_argument("--steps-scale", type=float, default=1.0, help="multiply the recipe's step counts")
+    t.add_argument("--overrides", default="", help='JSON of recipe fields, e.g. \'{"lr": 1e-4, "batch_size": 4}\'')
+    t.add_argument("--paper", action="store_true", help="the paper's LoRA settings (lr 2.5e-5, r 128) for real models")
+    t.add_argument("--heldout", type=int, default=300, help="items held out and answered before / after training")
+    t.set_defaults(func=cmd_train)
 
     u = sub.add_parser("ui", help="start the Dagster webserver and daemon on this project")
     u.add_argument("--data-dir", help="artefact folder (default: $MIMIC_DATA_DIR or ./data)")

@@ -12,6 +12,8 @@ import pytest
 
 from .conftest import REPO
 
+QUICK_TRAINING = ["--train-scale", "0.001", "--heldout-items", "8"]  # 2 steps per recipe: wiring, not learning
+
 
 def mimic(*args, env=None, check=True):
     result = subprocess.run([sys.executable, "-m", "mimic_pipeline.cli", *args], capture_output=True, text=True,
@@ -26,14 +28,15 @@ def test_demo_materializes_everything_through_dagster_and_query_answers(tmp_path
     home = tmp_path / "dagster_home"
     data = tmp_path / "data"
     out = mimic("demo", "--data-dir", str(data), "--eval-images", "300", "--train-images", "400", "--items-per-cell", "4",
-                "--train-set-items", "120", "--single-image-items", "200", env={"DAGSTER_HOME": str(home)})  # fmt: skip
-    assert "[1/15] materializing shapes_world" in out.stdout and "[2/15] materializing annotation_index[shapes]" in out.stdout
-    assert "[15/15] materializing baseline_scores[odd_one]" in out.stdout
+                "--train-set-items", "120", "--single-image-items", "200", *QUICK_TRAINING, env={"DAGSTER_HOME": str(home)})  # fmt: skip
+    assert "[1/20] materializing shapes_world" in out.stdout and "[2/20] materializing annotation_index[shapes]" in out.stdout
+    assert "materializing baseline_scores[odd_one]" in out.stdout and "[20/20] materializing checkpoints" in out.stdout
+    assert out.stdout.index("materializing base_checkpoint") < out.stdout.index("materializing lora_masked_checkpoint")
     assert f"Catalogue:     {data / 'mimic.duckdb'}" in out.stdout
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 15 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        assert len(runs) == 20 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
         assert all(r.tags.get("mimic/demo") == "true" for r in runs)
 
     q = mimic("query", "select split, count(*) as n from images group by 1 order by 1", "--data-dir", str(data), "--format", "json")
@@ -50,6 +53,9 @@ def test_demo_materializes_everything_through_dagster_and_query_answers(tmp_path
     assert int(train.splitlines()[1]) == 120
     single = mimic("query", "select task, count(*) from single_image_items group by 1 order by 1", "--data-dir", str(data), "--format", "csv").stdout
     assert single.splitlines()[1:] == ["counting,100", "listing,40", "presence,60"]
+
+    ckpts = mimic("query", "select name, recipe, parent from checkpoints order by name", "--data-dir", str(data), "--format", "csv").stdout
+    assert ckpts.splitlines()[1:] == ["base,base,", "full_ft,full_ft,base", "lora,lora,base", "lora_masked,lora_masked,base"]
 
     bad = mimic("query", "drop table images", "--data-dir", str(data), check=False)
     assert bad.returncode == 2 and "read-only mode" in bad.stderr
@@ -97,7 +103,8 @@ def test_a_demo_killed_mid_run_does_not_block_the_next_one(tmp_path):
     home.mkdir()
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")  # the pool limits under test
     data = tmp_path / "data"
-    args = ["demo", "--data-dir", str(data), "--eval-images", "300", "--train-images", "400", "--items-per-cell", "4"]
+    args = ["demo", "--data-dir", str(data), "--eval-images", "300", "--train-images", "400", "--items-per-cell", "4",
+            "--single-image-items", "200", *QUICK_TRAINING]
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     log = tmp_path / "first.log"
     with open(log, "w") as out:

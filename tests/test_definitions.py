@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from mimic_pipeline.defs import annotations as A
 from mimic_pipeline.defs import datasets as D
+from mimic_pipeline.defs import training as T
 from mimic_pipeline.defs.build import build_definitions
 from mimic_pipeline.defs.demo import demo_steps
 from mimic_pipeline.defs.resources import AnnotationSources
 
 GROUPS = {"shapes_world": "annotations", "annotation_index": "annotations", "eval_items": "datasets",
-          "train_items": "datasets", "single_image_items": "datasets", "baseline_scores": "datasets"}  # fmt: skip
+          "train_items": "datasets", "single_image_items": "datasets", "baseline_scores": "datasets",
+          "base_checkpoint": "training", "full_ft_checkpoint": "training", "lora_checkpoint": "training",
+          "lora_masked_checkpoint": "training", "checkpoints": "training"}  # fmt: skip
 
 
 def test_assets_carry_descriptions_groups_kinds_owners():
@@ -25,6 +28,9 @@ def test_assets_carry_descriptions_groups_kinds_owners():
     for asset in (A.annotation_index, D.eval_items, D.train_items, D.single_image_items, D.baseline_scores):
         assert asset.op.pool == "duckdb", "every DuckDB writer shares the pool of size 1"
         assert asset.check_specs and all(s.blocking for s in asset.check_specs)
+    assert T.checkpoints.op.pool == "duckdb"
+    for asset in T.TRAINING_ASSETS:  # minutes of training never hold the DuckDB slot: they write files only
+        assert asset.op.pool is None
 
 
 def test_demo_plan_covers_every_asset_and_only_configured_sources():
@@ -36,6 +42,9 @@ def test_demo_plan_covers_every_asset_and_only_configured_sources():
     for asset in ("eval_items", "train_items", "baseline_scores"):
         assert [p for a, p in steps if a == asset] == tasks
     assert steps.index(("baseline_scores", "counting")) > steps.index(("eval_items", "odd_one"))
+    assert steps.index(("base_checkpoint", None)) > steps.index(("single_image_items", None))
+    assert steps.index(("lora_masked_checkpoint", None)) > steps.index(("train_items", "odd_one"))
+    assert steps[-1] == ("checkpoints", None)
     with_coco = build_definitions(data_dir="unused", sources=AnnotationSources(coco_annotations="x.json"))
     assert [p for a, p in (map(lambda s: (s.asset_key.to_user_string(), s.partition_key), demo_steps(with_coco)))
             if a == "annotation_index"] == ["shapes", "coco"]  # fmt: skip

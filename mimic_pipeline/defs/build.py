@@ -6,7 +6,7 @@ import os
 
 import dagster as dg
 
-from . import annotations, datasets
+from . import annotations, datasets, training
 from .resources import DEFAULT_DATA_DIR, AnnotationSources, MimicPaths
 
 
@@ -14,7 +14,8 @@ def build_definitions(data_dir: str | None = None, sources: AnnotationSources | 
     """Definitions with resources read from the environment unless given (tests pass their own)."""
     return dg.Definitions(
         assets=[annotations.shapes_world, annotations.annotation_index,
-                datasets.eval_items, datasets.train_items, datasets.single_image_items, datasets.baseline_scores],
+                datasets.eval_items, datasets.train_items, datasets.single_image_items, datasets.baseline_scores,
+                *training.TRAINING_ASSETS, training.checkpoints],
         resources={
             "paths": MimicPaths(data_dir=data_dir or os.environ.get("MIMIC_DATA_DIR", DEFAULT_DATA_DIR)),
             "sources": sources or AnnotationSources.from_env(),

@@ -11,3 +11,7 @@ source_partitions = dg.StaticPartitionsDefinition(SOURCES)
 
 # MIMIC tasks: eval sets, training sets and baseline scores are partitioned by task.
 task_partitions = dg.StaticPartitionsDefinition(list(TASKS))
+
+# Checkpoints: one key per checkpoint directory (added by the training assets, the `checkpoints`
+# registry and the checkpoint sensor); evaluation is partitioned by checkpoint x task.
+checkpoint_partitions = dg.DynamicPartitionsDefinition(name="checkpoint")

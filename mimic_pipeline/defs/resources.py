@@ -41,6 +41,11 @@ class MimicPaths(dg.ConfigurableResource):
         return self.root / "datasets"
 
     @property
+    def checkpoints(self) -> Path:
+        """Checkpoint directories; a folder counts once its DONE marker exists."""
+        return self.root / "checkpoints"
+
+    @property
     def predictions(self) -> Path:
         return self.root / "predictions"
 

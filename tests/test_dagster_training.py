@@ -1,0 +1,98 @@
+"""The training stage through Dagster: checkpoint assets, the dynamic partition set, the registry table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mimic_pipeline.core import catalog
+from mimic_pipeline.defs import annotations as A
+from mimic_pipeline.defs import datasets as D
+from mimic_pipeline.defs import training as T
+from mimic_pipeline.defs.build import build_definitions
+from mimic_pipeline.defs.partitions import checkpoint_partitions
+from mimic_pipeline.defs.resources import AnnotationSources
+
+from .test_dagster_datasets import run
+
+QUICK = {"steps_scale": 0.001, "heldout_items": 8}  # 2 steps of everything: the wiring, not the learning
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    defs = build_definitions(data_dir=str(data), sources=AnnotationSources())
+    instance = dg.DagsterInstance.ephemeral()
+    assert run(defs, instance, A.shapes_world, config={"n_eval_images": 200, "n_train_images": 300, "seed": 3}).success
+    assert run(defs, instance, A.annotation_index, "shapes").success
+    assert run(defs, instance, D.single_image_items, config={"n_items": 200}).success
+    for task in ("counting", "listing", "common", "odd_one"):
+        assert run(defs, instance, D.train_items, task, {"total_items": 200}).success
+    base = run(defs, instance, T.base_checkpoint, config=QUICK)
+    assert base.success
+    return defs, instance, data, base
+
+
+def materialization(result, asset) -> dict:
+    return result.asset_materializations_for_node(asset.op.name)[0].metadata
+
+
+def test_base_checkpoint_is_written_registered_and_described(pipeline):
+    defs, instance, data, result = pipeline
+    folder = data / "checkpoints" / "base"
+    assert (folder / "DONE").exists() and (folder / "mimic_checkpoint.json").exists()
+    assert "base" in instance.get_dynamic_partitions(checkpoint_partitions.name)
+    md = materialization(result, T.base_checkpoint)
+    assert md["steps"].value == 2 and md["trainable_parameters"].value > 0
+    assert Path(md["loss_plot"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 0 <= md["heldout_accuracy_after"].value <= 100
+    meta = json.loads((folder / "mimic_checkpoint.json").read_text())
+    assert meta["dagster_run_id"] == result.run_id and meta["base_checkpoint"] is None
+    # the tiny model's vocabulary is the shapes world's: every leaf and parent name is one known word
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+    assert {"\u2581triangle", "\u2581heart", "\u2581polygon", "\u2581symbol"} <= set(tokenizer)
+
+
+def test_lora_masked_checkpoint_names_its_base_and_the_masked_layers(pipeline):
+    defs, instance, data, _ = pipeline
+    result = run(defs, instance, T.lora_masked_checkpoint, config=QUICK)
+    assert result.success
+    md = materialization(result, T.lora_masked_checkpoint)
+    assert md["masked_layers"].value == "[2, 3]"  # second half of the tiny model's 4 LM layers
+    assert md["recipe"].value["lora_r"] == 128 and md["recipe"].value["lora_alpha"] == 32
+    assert "heldout_accuracy_before" in md and "heldout_accuracy_after" in md
+    adapter_config = json.loads((data / "checkpoints" / "lora_masked" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str((data / "checkpoints" / "base").resolve())
+    assert {"base", "lora_masked"} <= set(instance.get_dynamic_partitions(checkpoint_partitions.name))
+
+
+def test_registry_lists_complete_checkpoints_including_copied_ones(pipeline):
+    defs, instance, data, _ = pipeline
+    ckpts = data / "checkpoints"
+    shutil.copytree(ckpts / "base", ckpts / "dropped_in")
+    (ckpts / "dropped_in" / "mimic_checkpoint.json").unlink()  # a checkpoint from elsewhere: no metadata
+    shutil.copytree(ckpts / "base", ckpts / "still_copying")
+    (ckpts / "still_copying" / "DONE").unlink()
+    assert run(defs, instance, T.checkpoints).success
+    _, rows = catalog.query(data / "mimic.duckdb", "select name, recipe, parent from checkpoints order by name")
+    names = [r[0] for r in rows]
+    assert "still_copying" not in names
+    assert ("base", "base", None) in rows and ("dropped_in", "external", None) in rows
+    if "lora_masked" in names:
+        assert ("lora_masked", "lora_masked", "base") in rows
+    assert "dropped_in" in instance.get_dynamic_partitions(checkpoint_partitions.name)
+
+
+def test_bad_training_config_fails_with_the_fix(pipeline):
+    defs, instance, _, _ = pipeline
+    bad = run(defs, instance, T.full_ft_checkpoint, config={**QUICK, "overrides_json": json.dumps({"learning_rate": 1})})
+    assert not bad.success
+    assert "unknown recipe fields learning_rate" in str(bad.all_events)
+    missing = run(defs, instance, T.full_ft_checkpoint, config={**QUICK, "base_checkpoint": "nope"})
+    assert not missing.success and "materialize base_checkpoint first" in str(missing.all_events)
+    name = run(defs, instance, T.full_ft_checkpoint, config={**QUICK, "checkpoint_name": "has space"})
+    assert not name.success and "becomes a partition key" in str(name.all_events)
