@@ -182,14 +182,26 @@ def cmd_train(args) -> int:
         if recipe.single_image_share == 0:
             single = []
 
-        def progress(step: int, total: int, loss: float) -> None:
-            if step == total or step % 25 == 0:
-                print(f"  {args.recipe}: step {step}/{total}  loss {loss:.4f}", flush=True)
+        from tqdm import tqdm
+
+        bars: dict[str, tqdm] = {}
+
+        def progress(stage: str, step: int, total: int, loss: float) -> None:
+            """A progress bar per stage with the running loss (a resumed run starts at its saved step)."""
+            bar = bars.get(stage)
+            if bar is None:
+                bar = bars[stage] = tqdm(total=total, initial=step - 1, desc=f"{args.recipe}: {stage}", unit="step")
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if step == total:
+                bar.close()
 
         result = run_recipe(recipe, args.out, single, multi, base=args.base, n_heldout=args.heldout, progress=progress)
     except (ValueError, InputFileError) as e:
         print(f"mimic train: {e}", file=sys.stderr)
         return 2
+    if not result.main_process:
+        return 0
     print(f"checkpoint {result.path} ({result.steps} steps, {result.wall_s:.0f}s, "
           f"{result.trainable_parameters:,} trainable parameters)")  # fmt: skip
     for when, acc in result.heldout_accuracy.items():

@@ -210,3 +210,38 @@ def test_recipe_validation_names_the_field():
         Recipe("x", steps=1, masked_layers="5-9").masked_layer_range(4)
     assert Recipe("x", steps=1, masked_layers="second_half").masked_layer_range(24) == range(12, 24)
     assert Recipe("x", steps=1, masked_layers="1-3").masked_layer_range(4) == range(1, 3)
+
+
+def _write_items(pool: ItemPool, path) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"item_id": pool.item_ids, "question": pool.questions, "answer": pool.answers,
+                             "image_paths": pool.image_paths, "task": pool.tasks, "query": pool.queries,
+                             "answer_struct": pool.answer_structs}), path)  # fmt: skip
+    return str(path)
+
+
+@pytest.mark.slow
+def test_two_process_cpu_training_through_accelerate_launch(base, pools, tmp_path):
+    """`accelerate launch` runs `mimic train` unchanged: two CPU processes, gradients averaged, one checkpoint."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    single, multi = pools
+    accelerate = Path(sys.executable).parent / "accelerate"
+    out = tmp_path / "ddp"
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "mimic_pipeline.cli", "train", "--recipe", "full_ft", "--base", str(base[0]),
+           "--out", str(out), "--single-image", _write_items(single, tmp_path / "single.parquet"),
+           "--train", _write_items(multi, tmp_path / "multi.parquet"), "--heldout", "4",
+           "--overrides", json.dumps({"steps": 3, "batch_size": 2})]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29517"}
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    meta = validate_checkpoint(out)
+    assert meta["steps"] == 3 and len(meta["loss_curve"]) == 3 and meta["processes"] == 2
+    assert run.stdout.count(f"checkpoint {out}") == 1  # the main process writes and reports
+    assert not staging_dir(out).exists()

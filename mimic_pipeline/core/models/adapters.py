@@ -79,8 +79,9 @@ class VisionLanguageAdapter:
     # -- what subclasses provide -------------------------------------------------------------------
     @property
     def hf_model(self):
-        """The transformers model under any peft wrapper."""
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        """The transformers model under any DDP (accelerate) and peft wrapper."""
+        model = getattr(self.model, "module", self.model)  # DistributedDataParallel keeps the model here
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     @property
     def image_token_id(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,8 @@ class TrainingResult:
     trainable_parameters: int = 0
     total_parameters: int = 0
     heldout_accuracy: dict = field(default_factory=dict)  # {"before": {task: %}, "after": {...}}
+    main_process: bool = True  # False in the other processes of an `accelerate launch` run
+    processes: int = 1  # data-parallel processes that trained it
 
 
 def _configure(adapter: VisionLanguageAdapter, recipe: Recipe) -> None:
@@ -78,7 +81,9 @@ def _configure(adapter: VisionLanguageAdapter, recipe: Recipe) -> None:
             r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
             target_modules=recipe.lora_targets, modules_to_save=["multi_modal_projector"], bias="none",
         )  # fmt: skip
-        adapter.model = get_peft_model(model, lora)
+        with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5 deprecates; not ours to fix
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            adapter.model = get_peft_model(model, lora)
     else:
         # a pre-trained tower stays frozen afterwards, as in real LVLMs; "all" without pre-training trains it too
         tower_trains = recipe.trainable == "all" and not (recipe.vision_pretrain_steps and recipe.freeze_vision_after_pretrain)
@@ -151,7 +156,7 @@ def train_checkpoint(
     base: str | Path | None = None,
     build_base: Callable[[Path], Path] | None = None,
     lineage: dict | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: Callable[[str, int, int, float], None] | None = None,  # (stage, step, total, loss)
     stop_after: int | None = None,
     heldout: ItemPool | None = None,
 ) -> TrainingResult:
@@ -166,7 +171,8 @@ def train_checkpoint(
     out_dir = Path(out_dir)
     staging = staging_dir(out_dir)
     staging.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator()
+    # without a GPU, processes started by `accelerate launch --multi_gpu` / torchrun join one gloo group
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if base is None:
         if build_base is None:
             raise ValueError(f"recipe {recipe.name}: give a base checkpoint or a builder for a fresh model")
@@ -208,7 +214,7 @@ def train_checkpoint(
         losses.append(float(accelerator.reduce(loss.detach(), "mean")))
         step += 1
         if progress and accelerator.is_main_process:
-            progress(step, recipe.steps, losses[-1])
+            progress("training", step, recipe.steps, losses[-1])
         if step % recipe.save_every == 0 or (stop_after is not None and step >= stop_after):
             if accelerator.is_main_process:
                 _save_state(staging, accelerator.unwrap_model(model), optimizer, scheduler, step, losses, recipe)
@@ -220,7 +226,8 @@ def train_checkpoint(
     wall = time.perf_counter() - started
     n_train = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in adapter.model.parameters())
-    result = TrainingResult(out_dir, step, losses, wall, n_train, n_total)
+    result = TrainingResult(out_dir, step, losses, wall, n_train, n_total, main_process=accelerator.is_main_process,
+                            processes=accelerator.num_processes)
     if accelerator.is_main_process:
         if heldout is not None:
             accuracy["after"] = heldout_accuracy(adapter, heldout, variant=variant)
@@ -251,7 +258,7 @@ def _write_checkpoint(adapter, recipe: Recipe, base: Path, out_dir: Path, data: 
             "total_parameters": result.total_parameters, "architecture": adapter.architecture,
             "masked_layers": list(recipe.masked_layer_range(adapter.num_text_layers) or []),
             "mask_mode": recipe.mask_mode, "pool": recipe.pool, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "heldout_accuracy": result.heldout_accuracy, "files": checkpoint_files_for(tmp), **lineage,
+            "heldout_accuracy": result.heldout_accuracy, "processes": result.processes, "files": checkpoint_files_for(tmp), **lineage,
         }  # fmt: skip
         write_json_atomic(tmp / METADATA, metadata)
         (tmp / DONE).write_text(metadata["created"] + "\n")  # last: only now does the checkpoint count
@@ -265,7 +272,7 @@ def run_recipe(
     base: str | Path | None = None,
     names: tuple[list[str], list[str]] | None = None,
     n_heldout: int = 300,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: Callable[[str, int, int, float], None] | None = None,  # (stage, step, total, loss)
     lineage: dict | None = None,
 ) -> TrainingResult:
     """Everything around `train_checkpoint` that the Dagster asset and `mimic train` share: load the

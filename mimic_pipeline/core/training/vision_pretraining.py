@@ -41,7 +41,7 @@ def count_targets(pool: ItemPool) -> tuple[list[str], list[tuple[int, int, int]]
 
 
 def pretrain_vision(adapter, pool: ItemPool, recipe, images: ImageCache, staging: Path,
-                    progress: Callable[[int, int, float], None] | None = None) -> list[float]:  # fmt: skip
+                    progress: Callable[[str, int, int, float], None] | None = None) -> list[float]:  # fmt: skip
     """Train the vision tower, then align the projector; returns the tower's loss curve.
 
     Skipped when the staging folder already holds the result (a resumed run).
@@ -91,7 +91,7 @@ def _train_tower(adapter, pool, names, rows, recipe, images, progress):
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
         if progress:
-            progress(step + 1, recipe.vision_pretrain_steps, losses[-1])
+            progress("vision pre-training", step + 1, recipe.vision_pretrain_steps, losses[-1])
     return head, losses
 
 
