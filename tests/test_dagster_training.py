@@ -49,6 +49,7 @@ def test_base_checkpoint_is_written_registered_and_described(pipeline):
     md = materialization(result, T.base_checkpoint)
     assert md["steps"].value == 2 and md["trainable_parameters"].value > 0
     assert Path(md["loss_plot"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert md["loss_curve"].value.startswith("![training loss of base](data:image/png;base64,")
     assert 0 <= md["heldout_accuracy_after"].value <= 100
     meta = json.loads((folder / "mimic_checkpoint.json").read_text())
     assert meta["dagster_run_id"] == result.run_id and meta["base_checkpoint"] is None
@@ -85,6 +86,9 @@ def test_registry_lists_complete_checkpoints_including_copied_ones(pipeline):
     if "lora_masked" in names:
         assert ("lora_masked", "lora_masked", "base") in rows
     assert "dropped_in" in instance.get_dynamic_partitions(checkpoint_partitions.name)
+    again = run(defs, instance, T.checkpoints)  # nothing new: the table is rewritten, no partition added
+    assert again.success and materialization(again, T.checkpoints)["new_partitions"].value == "none"
+    assert catalog.query(data / "mimic.duckdb", "select count(*) from checkpoints")[1][0][0] == len(names)
 
 
 def test_bad_training_config_fails_with_the_fix(pipeline):

@@ -12,7 +12,7 @@ from ..core.errors import InputFileError
 from ..core.files import config_hash
 from ..core.tables import markdown_table
 from ..core.shapes_world import GENERATOR_VERSION, ShapesWorldConfig, build_shapes_world, contact_sheet
-from .metadata import table_metadata
+from .metadata import image_markdown, table_metadata
 from .partitions import source_partitions
 from .resources import AnnotationSources, MimicPaths
 
@@ -74,6 +74,7 @@ def shapes_world(context: dg.AssetExecutionContext, config: ShapesWorldSettings,
             "coco_annotations": dg.MetadataValue.path(str(result.files.coco_annotations)),
             "openimages_boxes": dg.MetadataValue.path(str(result.files.openimages_boxes)),
             "sample_images": dg.MetadataValue.path(str(sheet)),
+            "sample_sheet": image_markdown(sheet, "sample shapes world images"),
             "config_hash": cfg.hash,
             "generator_version": GENERATOR_VERSION,
             "eval_images": counts["eval"]["images"],

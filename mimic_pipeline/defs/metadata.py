@@ -38,3 +38,11 @@ def table_metadata(
     if preview is not None:
         md["preview"] = dg.MetadataValue.md(markdown_table(*preview))
     return md
+
+
+def image_markdown(path: str | Path, alt: str) -> dg.MetadataValue:
+    """A PNG shown inline in the UI's metadata panel (embedded as a data URI; the path alone is not rendered)."""
+    import base64
+
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")

@@ -21,6 +21,7 @@ from ..core.training.plots import loss_plot
 from ..core.training.recipes import Recipe, configured_recipe
 from ..core.training.trainer import run_recipe
 from .datasets import single_image_items, train_items
+from .metadata import image_markdown, table_metadata
 from .partitions import checkpoint_partitions
 from .resources import MimicPaths
 
@@ -48,11 +49,11 @@ class TrainingSettings(dg.Config):
 def _progress(context: dg.AssetExecutionContext, label: str):
     last = {"t": 0.0}
 
-    def log(step: int, total: int, loss: float) -> None:
+    def log(stage: str, step: int, total: int, loss: float) -> None:
         now = time.perf_counter()
         if step == total or now - last["t"] > 10:
             last["t"] = now
-            context.log.info(f"{label}: step {step}/{total}, loss {loss:.4f}")
+            context.log.info(f"{label} {stage}: step {step}/{total}, loss {loss:.4f}")
 
     return log
 
@@ -90,6 +91,7 @@ def _train(context: dg.AssetExecutionContext, config: TrainingSettings, paths: M
             "total_parameters": result.total_parameters, "wall_s": round(result.wall_s, 1),
             "final_loss": round(sum(result.losses[-20:]) / max(1, len(result.losses[-20:])), 4),
             "loss_plot": dg.MetadataValue.path(str(plot)),
+            "loss_curve": image_markdown(plot, f"training loss of {name}"),
             "recipe": dg.MetadataValue.json(recipe.as_dict()),
             "masked_layers": str(metadata.get("masked_layers", [])),
             **_accuracy_metadata(result.heldout_accuracy),
@@ -162,12 +164,11 @@ def checkpoints(context: dg.AssetExecutionContext, paths: MimicPaths) -> dg.Mate
     names = [r["name"] for r in rows]
     known = set(context.instance.get_dynamic_partitions(checkpoint_partitions.name))
     new = [n for n in names if n not in known]
-    if new:
+    if new:  # copied in by hand: evaluation is partitioned over them too
         context.instance.add_dynamic_partitions(checkpoint_partitions.name, new)
-    from .metadata import table_metadata
-
     preview = (["name", "recipe", "parent", "steps"], [(r["name"], r["recipe"], r["parent"], r["steps"]) for r in rows])
-    return dg.MaterializeResult(metadata=table_metadata(row_count=len(rows), uri=paths.checkpoints, preview=preview))
+    return dg.MaterializeResult(metadata={**table_metadata(row_count=len(rows), uri=paths.checkpoints, preview=preview),
+                                          "new_partitions": ", ".join(new) or "none"})
 
 
 def checkpoint_row(folder: Path) -> dict:
