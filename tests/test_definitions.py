@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mimic_pipeline.defs import annotations as A
 from mimic_pipeline.defs import datasets as D
+from mimic_pipeline.defs import evaluation as E
 from mimic_pipeline.defs import training as T
 from mimic_pipeline.defs.build import build_definitions
 from mimic_pipeline.defs.demo import demo_steps
@@ -12,7 +13,9 @@ from mimic_pipeline.defs.resources import AnnotationSources
 GROUPS = {"shapes_world": "annotations", "annotation_index": "annotations", "eval_items": "datasets",
           "train_items": "datasets", "single_image_items": "datasets", "baseline_scores": "datasets",
           "base_checkpoint": "training", "full_ft_checkpoint": "training", "lora_checkpoint": "training",
-          "lora_masked_checkpoint": "training", "checkpoints": "training"}  # fmt: skip
+          "lora_masked_checkpoint": "training", "checkpoints": "training",
+          "predictions": "evaluation", "eval_metrics": "evaluation"}  # fmt: skip
+EVALUATED_BY_AUTOMATION = {"predictions", "eval_metrics"}  # per checkpoint: the sensor and automation start them
 
 
 def test_assets_carry_descriptions_groups_kinds_owners():
@@ -28,7 +31,8 @@ def test_assets_carry_descriptions_groups_kinds_owners():
     for asset in (A.annotation_index, D.eval_items, D.train_items, D.single_image_items, D.baseline_scores):
         assert asset.op.pool == "duckdb", "every DuckDB writer shares the pool of size 1"
         assert asset.check_specs and all(s.blocking for s in asset.check_specs)
-    assert T.checkpoints.op.pool == "duckdb"
+    assert T.checkpoints.op.pool == "duckdb" and E.eval_metrics.op.pool == "duckdb"
+    assert E.predictions.op.pool is None  # minutes of generation never hold the DuckDB slot
     for asset in T.TRAINING_ASSETS:  # minutes of training never hold the DuckDB slot: they write files only
         assert asset.op.pool is None
 
@@ -36,7 +40,7 @@ def test_assets_carry_descriptions_groups_kinds_owners():
 def test_demo_plan_covers_every_asset_and_only_configured_sources():
     defs = build_definitions(data_dir="unused", sources=AnnotationSources())
     steps = [(s.asset_key.to_user_string(), s.partition_key) for s in demo_steps(defs)]
-    assert {a for a, _ in steps} == set(GROUPS)
+    assert {a for a, _ in steps} == set(GROUPS) - EVALUATED_BY_AUTOMATION
     assert steps[:2] == [("shapes_world", None), ("annotation_index", "shapes")]
     tasks = ["counting", "listing", "common", "odd_one"]
     for asset in ("eval_items", "train_items", "baseline_scores"):

@@ -6,7 +6,7 @@ import os
 
 import dagster as dg
 
-from . import annotations, datasets, training
+from . import annotations, datasets, evaluation, training
 from .resources import DEFAULT_DATA_DIR, AnnotationSources, MimicPaths
 
 
@@ -15,7 +15,8 @@ def build_definitions(data_dir: str | None = None, sources: AnnotationSources | 
     return dg.Definitions(
         assets=[annotations.shapes_world, annotations.annotation_index,
                 datasets.eval_items, datasets.train_items, datasets.single_image_items, datasets.baseline_scores,
-                *training.TRAINING_ASSETS, training.checkpoints],
+                *training.TRAINING_ASSETS, training.checkpoints, evaluation.predictions, evaluation.eval_metrics],
+        sensors=[evaluation.checkpoint_sensor],
         resources={
             "paths": MimicPaths(data_dir=data_dir or os.environ.get("MIMIC_DATA_DIR", DEFAULT_DATA_DIR)),
             "sources": sources or AnnotationSources.from_env(),

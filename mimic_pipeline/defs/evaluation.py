@@ -1,0 +1,182 @@
+"""Stage `evaluation`: every checkpoint answers every eval set, per variant; metrics land in DuckDB.
+
+`predictions` is partitioned by checkpoint x task. A checkpoint enters the `checkpoint` partition
+set when a training asset writes it or when `checkpoint_sensor` finds a complete folder (DONE) that
+a user copied in; the automation condition then materializes its missing partitions once the eval
+sets' blocking checks have passed. Predictions hold no DuckDB slot (minutes of generation, files
+only); `eval_metrics` turns them into rows of the DuckDB table of that name in the `duckdb` pool.
+"""
+
+import json
+import time
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..core import catalog
+from ..core.errors import InputFileError
+from ..core.evaluation import PREDICTION_SCHEMA, metric_rows
+from ..core.files import atomic_path, config_hash
+from ..core.models.sequence import Variant
+from ..core.prediction import model_answerer, predict_items
+from ..core.training.checkpoints import CheckpointError, complete_checkpoints, validate_checkpoint
+from ..core.training.data import ImageCache
+from .datasets import eval_items
+from .metadata import table_metadata
+from .partitions import checkpoint_partitions, task_partitions
+from .resources import MimicPaths
+from .training import checkpoints
+
+GROUP = "evaluation"
+OWNERS = ["team:mimic"]
+EVALUATION_VERSION = "evaluation/1"
+
+evaluation_partitions = dg.MultiPartitionsDefinition({"checkpoint": checkpoint_partitions, "task": task_partitions})
+
+
+class EvaluationSettings(dg.Config):
+    """Which sequence-length variants run and how (MIMIC.md section 3, sequence length)."""
+
+    variants: list[str] = ["pool1", "pool4", "pixels4"]  # poolK, pixelsK, ...-stitch
+    batch_size: int = 32
+    max_new_tokens: int = 24
+    items_per_cell: int = 0  # answer only the first N items of every cell (0: all), for quick looks
+
+
+def _items(paths: MimicPaths, task: str, per_cell: int) -> tuple[pa.Table, str]:
+    path = paths.datasets / "eval" / f"{task}.parquet"
+    if not path.exists():
+        raise dg.Failure(f"{path} is missing: materialize eval_items[{task}] first")
+    table = pq.read_table(path)
+    if per_cell:
+        keep, seen = [], {}
+        for i, cell in enumerate(zip(table.column("axis").to_pylist(), table.column("axis_value").to_pylist())):
+            seen[cell] = seen.get(cell, 0) + 1
+            if seen[cell] <= per_cell:
+                keep.append(i)
+        table = table.take(keep)
+    stat = path.stat()
+    return table, config_hash({"file": stat.st_size, "mtime": int(stat.st_mtime), "per_cell": per_cell})
+
+
+@dg.asset(
+    partitions_def=evaluation_partitions,
+    deps=[eval_items],  # the task dimension maps onto eval_items' task partitions (Dagster infers it)
+    group_name=GROUP, owners=OWNERS, kinds={"pytorch", "parquet"}, tags={"stage": "evaluation"},
+    code_version=EVALUATION_VERSION,
+    automation_condition=dg.AutomationCondition.on_missing() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+)  # fmt: skip
+def predictions(context: dg.AssetExecutionContext, config: EvaluationSettings, paths: MimicPaths) -> dg.MaterializeResult:
+    """One checkpoint's answers to one task's eval set, for every configured variant.
+
+    Batched greedy generation; one row per (variant, item) with the raw answer, the scorer's verdict
+    and seconds per item. Written in atomic parts under `predictions/<checkpoint>/<variant>/<task>/`,
+    so a killed run resumes with only the missing items; assembled at
+    `predictions/<checkpoint>/<task>.parquet` (view `predictions`).
+    """
+    keys = context.partition_key.keys_by_dimension
+    name, task = keys["checkpoint"], keys["task"]
+    folder = paths.checkpoints / name
+    try:
+        validate_checkpoint(folder)
+        variants = [Variant.parse(v) for v in config.variants]
+    except (CheckpointError, ValueError) as e:
+        raise dg.Failure(str(e)) from e
+    items, version = _items(paths, task, config.items_per_cell)
+    from ..core.models.adapters import load_adapter
+
+    adapter = load_adapter(folder)
+    images = ImageCache()
+    vocabulary = _vocabulary(paths, items)
+    tables, speed = [], {}
+    for variant in variants:
+        started = time.perf_counter()
+
+        def progress(done: int, total: int, label=variant.name) -> None:
+            context.log.info(f"{name} {task} {label}: {done}/{total} items")
+
+        try:
+            table, answered = predict_items(
+                model_answerer(adapter, variant, images, config.max_new_tokens), items,
+                paths.predictions / name / variant.name / task, name, variant.name, config.batch_size,
+                vocabulary=vocabulary, progress=progress, items_version=version,
+            )  # fmt: skip
+        except InputFileError as e:
+            raise dg.Failure(str(e)) from e
+        if answered:
+            speed[f"items_per_s_{variant.name}"] = round(answered / (time.perf_counter() - started), 1)
+        tables.append(table)
+    result = pa.concat_tables(tables)
+    path = paths.predictions / name / f"{task}.parquet"
+    with atomic_path(path) as tmp:
+        pq.write_table(result, tmp, compression="zstd")
+    accuracy = {f"accuracy_{t.column('variant')[0].as_py()}": round(100 * pc.mean(t.column("correct").cast(pa.float64())).as_py(), 2)
+                for t in tables if t.num_rows}  # fmt: skip
+    preview = (["variant", "accuracy %", "items"], [(k.removeprefix("accuracy_"), v, items.num_rows) for k, v in accuracy.items()])
+    return dg.MaterializeResult(
+        metadata={**table_metadata(row_count=result.num_rows, schema=PREDICTION_SCHEMA, uri=path, preview=preview),
+                  **accuracy, **speed},  # fmt: skip
+        data_version=dg.DataVersion(config_hash({"items": version, "variants": config.variants, "checkpoint": name})),
+    )
+
+
+def _vocabulary(paths: MimicPaths, items: pa.Table) -> list[str] | None:
+    """The source's category names: a Common / Odd-One answer naming a second category is wrong."""
+    source = items.column("source")[0].as_py() if items.num_rows else None
+    try:
+        _, rows = catalog.query(paths.catalog, "select distinct name from categories where source = ?", [source])
+    except catalog.CatalogError:
+        return None
+    return [r[0] for r in rows] or None
+
+
+@dg.asset(
+    partitions_def=evaluation_partitions, deps=[predictions], group_name=GROUP, owners=OWNERS, kinds={"duckdb"},
+    tags={"stage": "evaluation"}, pool="duckdb", code_version=EVALUATION_VERSION,
+    automation_condition=dg.AutomationCondition.eager(),
+)  # fmt: skip
+def eval_metrics(context: dg.AssetExecutionContext, paths: MimicPaths) -> dg.MaterializeResult:
+    """Per-cell metrics of one checkpoint on one task, every variant: rows of the DuckDB table
+    `eval_metrics` (accuracy with Wilson 95% intervals; Listing also micro P/R/F1 and mean item F1 with
+    a bootstrap interval). Feeds the `leaderboard` view."""
+    keys = context.partition_key.keys_by_dimension
+    name, task = keys["checkpoint"], keys["task"]
+    path = paths.predictions / name / f"{task}.parquet"
+    if not path.exists():
+        raise dg.Failure(f"{path} is missing: materialize predictions[{name}|{task}] first")
+    preds = pq.read_table(path)
+    metrics = pa.Table.from_pylist(metric_rows(preds))
+    with catalog.transaction(paths.catalog) as con:  # every variant of this (checkpoint, task) at once
+        con.execute("delete from eval_metrics where checkpoint = ? and task = ?", [name, task])
+        con.register("new_rows", metrics)
+        con.execute("insert into eval_metrics by name select * from new_rows")
+    cols, rows = catalog.query(paths.catalog, catalog.named_queries("evaluation")["checkpoint_summary"], {"checkpoint": name, "task": task})
+    return dg.MaterializeResult(metadata={**table_metadata(row_count=metrics.num_rows, preview=(cols, rows)),
+                                          "variants": json.dumps(sorted(set(preds.column("variant").to_pylist())))})  # fmt: skip
+
+
+@dg.sensor(
+    asset_selection=[checkpoints], default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+    description="Registers every complete checkpoint folder (DONE present) as a `checkpoint` partition; "
+                "evaluation of its missing partitions then follows through the automation condition.",
+)  # fmt: skip
+def checkpoint_sensor(context: dg.SensorEvaluationContext, paths: MimicPaths) -> dg.SensorResult:
+    known = set(context.instance.get_dynamic_partitions(checkpoint_partitions.name))
+    new = []
+    for folder in complete_checkpoints(paths.checkpoints):
+        if folder.name in known:
+            continue
+        try:
+            validate_checkpoint(folder)
+        except CheckpointError as e:  # half-copied or misnamed: say why, try again next tick
+            context.log.warning(str(e))
+            continue
+        new.append(folder.name)
+    if not new:
+        return dg.SensorResult(skip_reason="no new complete checkpoint folder")
+    return dg.SensorResult(
+        dynamic_partitions_requests=[checkpoint_partitions.build_add_request(new)],
+        run_requests=[dg.RunRequest(run_key=f"registry-{'-'.join(sorted(new))}", asset_selection=[checkpoints.key])],
+    )

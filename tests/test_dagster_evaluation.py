@@ -1,0 +1,101 @@
+"""The evaluation stage through Dagster: the checkpoint sensor, the automation condition, predictions,
+per-cell metrics in DuckDB and the leaderboard view."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from mimic_pipeline.core import catalog
+from mimic_pipeline.core.models.tiny import TinyModelConfig, build_tiny_checkpoint
+from mimic_pipeline.core.shapes_world import DEFAULT_TAXONOMY
+from mimic_pipeline.defs import annotations as A
+from mimic_pipeline.defs import datasets as D
+from mimic_pipeline.defs import evaluation as E
+from mimic_pipeline.defs.build import build_definitions
+from mimic_pipeline.defs.partitions import checkpoint_partitions
+from mimic_pipeline.defs.resources import AnnotationSources
+
+from .test_dagster_datasets import run
+
+TASKS = ["counting", "listing", "common", "odd_one"]
+SMALL = TinyModelConfig(vision_hidden=32, text_hidden=32, text_layers=2, text_heads=2, text_kv_heads=1)
+
+
+def copy_in(folder, done: bool = True):
+    """A checkpoint a user drops into the folder (an untrained tiny model is enough to test the wiring)."""
+    build_tiny_checkpoint(folder, [c for cs in DEFAULT_TAXONOMY.values() for c in cs], list(DEFAULT_TAXONOMY), SMALL)
+    if done:
+        (folder / "DONE").write_text("copied\n")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    defs = build_definitions(data_dir=str(data), sources=AnnotationSources())
+    instance = dg.DagsterInstance.ephemeral()
+    assert run(defs, instance, A.shapes_world, config={"n_eval_images": 300, "n_train_images": 100, "seed": 4}).success
+    assert run(defs, instance, A.annotation_index, "shapes").success
+    for task in TASKS:
+        assert run(defs, instance, D.eval_items, task, {"items_per_cell": 3}).success
+    return defs, instance, data
+
+
+def sensor_result(defs, instance):
+    sensor = defs.resolve_sensor_def("checkpoint_sensor")
+    with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
+        return sensor(context)
+
+
+def test_the_sensor_registers_only_complete_checkpoints(pipeline):
+    defs, instance, data = pipeline
+    assert defs.resolve_sensor_def("checkpoint_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    copy_in(data / "checkpoints" / "still_copying", done=False)
+    result = sensor_result(defs, instance)
+    assert not result.dynamic_partitions_requests and not result.run_requests  # no DONE: nothing happens
+
+    copy_in(data / "checkpoints" / "dropped")
+    result = sensor_result(defs, instance)
+    (request,) = result.dynamic_partitions_requests
+    assert request.partitions_def_name == "checkpoint" and list(request.partition_keys) == ["dropped"]
+    assert [r.asset_selection for r in result.run_requests] == [[dg.AssetKey("checkpoints")]]
+
+
+def test_a_new_checkpoint_requests_exactly_its_evaluation_partitions(pipeline):
+    defs, instance, data = pipeline
+    before = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # the daemon's earlier tick
+    assert not before.get_requested_partitions(dg.AssetKey("predictions"))
+    instance.add_dynamic_partitions(checkpoint_partitions.name, ["dropped"])  # what the sensor's request does
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
+    requested = {str(key) for key in result.get_requested_partitions(dg.AssetKey("predictions"))}
+    assert requested == {f"dropped|{task}" for task in TASKS}
+    # a second tick asks for nothing more: on_missing fires once per newly missing partition
+    again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert not again.get_requested_partitions(dg.AssetKey("predictions"))
+
+
+def test_predictions_and_metrics_reach_the_leaderboard(pipeline):
+    defs, instance, data = pipeline
+    if not (data / "checkpoints" / "dropped" / "DONE").exists():
+        copy_in(data / "checkpoints" / "dropped")
+    instance.add_dynamic_partitions(checkpoint_partitions.name, ["dropped"])
+    key = dg.MultiPartitionKey({"checkpoint": "dropped", "task": "counting"})
+    config = {"variants": ["pool1", "pool4"], "max_new_tokens": 4}
+    result = run(defs, instance, E.predictions, key, config)
+    assert result.success
+    n_items = catalog.query(data / "mimic.duckdb", "select count(*) from eval_items where task = 'counting'")[1][0][0]
+    table = catalog.query(data / "mimic.duckdb", f"select variant, count(*), count(distinct item_id) from "
+                          f"read_parquet('{data}/predictions/dropped/counting.parquet') group by 1 order by 1")[1]  # fmt: skip
+    assert table == [("pool1", n_items, n_items), ("pool4", n_items, n_items)]
+    assert run(defs, instance, E.eval_metrics, key).success
+    rows = catalog.query(data / "mimic.duckdb", "select checkpoint, variant, tasks from leaderboard where checkpoint = 'dropped' order by variant")[1]
+    assert rows == [("dropped", "pool1", 1), ("dropped", "pool4", 1)]
+    cells = catalog.query(data / "mimic.duckdb", "select count(distinct axis_value) from eval_metrics where checkpoint = 'dropped' and axis = 'spread'")[1][0][0]
+    assert cells == 6  # five spread patterns + 'all'
+
+
+def test_a_missing_or_half_copied_checkpoint_fails_with_the_fix(pipeline):
+    defs, instance, data = pipeline
+    instance.add_dynamic_partitions(checkpoint_partitions.name, ["ghost"])
+    result = run(defs, instance, E.predictions, dg.MultiPartitionKey({"checkpoint": "ghost", "task": "common"}))
+    assert not result.success and "no DONE marker" in str(result.all_events)
