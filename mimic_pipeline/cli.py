@@ -75,7 +75,8 @@ def cmd_demo(args) -> int:
     print(f"\nAll assets materialized in {time.perf_counter() - started:.0f}s.\n")
     for report, sql_file, name in (("Annotation index", "annotation_reports", "index_overview"),
                                    ("Item sets and reference baselines (accuracy %)", "dataset_reports", "items_overview"),
-                                   ("Checkpoints (held-out accuracy %)", "training", "checkpoint_overview")):
+                                   ("Checkpoints (held-out accuracy %)", "training", "checkpoint_overview"),
+                                   ("Leaderboard (%; checkpoints appear once evaluated)", "evaluation", "leaderboard")):
         cols, rows = catalog.query(db, catalog.named_queries(sql_file)[name])
         print(f"{report}:\n{text_table(cols, rows)}\n")
     print(f"\nCatalogue:     {db}   (try: mimic query \"select * from annotation_builds\")")

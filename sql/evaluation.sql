@@ -48,3 +48,6 @@ select variant, axis, round(100 * value, 1) as accuracy, n, round(100 * ci_low, 
 from eval_metrics
 where checkpoint = $checkpoint and task = $task and metric = 'accuracy' and axis_value = 'all'
 order by variant, axis;
+
+-- name: leaderboard
+select * from leaderboard;

@@ -29,14 +29,15 @@ def test_demo_materializes_everything_through_dagster_and_query_answers(tmp_path
     data = tmp_path / "data"
     out = mimic("demo", "--data-dir", str(data), "--eval-images", "300", "--train-images", "400", "--items-per-cell", "4",
                 "--train-set-items", "120", "--single-image-items", "200", *QUICK_TRAINING, env={"DAGSTER_HOME": str(home)})  # fmt: skip
-    assert "[1/20] materializing shapes_world" in out.stdout and "[2/20] materializing annotation_index[shapes]" in out.stdout
-    assert "materializing baseline_scores[odd_one]" in out.stdout and "[20/20] materializing checkpoints" in out.stdout
+    assert "[1/21] materializing shapes_world" in out.stdout and "[2/21] materializing annotation_index[shapes]" in out.stdout
+    assert "materializing baseline_scores[odd_one]" in out.stdout and "materializing checkpoints ..." in out.stdout
+    assert "materializing evaluation_report ..." in out.stdout
     assert out.stdout.index("materializing base_checkpoint") < out.stdout.index("materializing lora_masked_checkpoint")
     assert f"Catalogue:     {data / 'mimic.duckdb'}" in out.stdout
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 20 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        assert len(runs) == 21 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
         assert all(r.tags.get("mimic/demo") == "true" for r in runs)
 
     q = mimic("query", "select split, count(*) as n from images group by 1 order by 1", "--data-dir", str(data), "--format", "json")

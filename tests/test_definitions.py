@@ -14,8 +14,9 @@ GROUPS = {"shapes_world": "annotations", "annotation_index": "annotations", "eva
           "train_items": "datasets", "single_image_items": "datasets", "baseline_scores": "datasets",
           "base_checkpoint": "training", "full_ft_checkpoint": "training", "lora_checkpoint": "training",
           "lora_masked_checkpoint": "training", "checkpoints": "training",
-          "predictions": "evaluation", "eval_metrics": "evaluation"}  # fmt: skip
-EVALUATED_BY_AUTOMATION = {"predictions", "eval_metrics"}  # per checkpoint: the sensor and automation start them
+          "predictions": "evaluation", "eval_metrics": "evaluation", "evaluation_report": "evaluation",
+          "attention_stats": "attention"}  # fmt: skip
+EVALUATED_BY_AUTOMATION = {"predictions", "eval_metrics", "attention_stats"}  # per checkpoint: the sensor and automation start them
 
 
 def test_assets_carry_descriptions_groups_kinds_owners():
@@ -48,7 +49,8 @@ def test_demo_plan_covers_every_asset_and_only_configured_sources():
     assert steps.index(("baseline_scores", "counting")) > steps.index(("eval_items", "odd_one"))
     assert steps.index(("base_checkpoint", None)) > steps.index(("single_image_items", None))
     assert steps.index(("lora_masked_checkpoint", None)) > steps.index(("train_items", "odd_one"))
-    assert steps[-1] == ("checkpoints", None)
+    assert steps.index(("checkpoints", None)) > steps.index(("lora_masked_checkpoint", None))
+    assert steps.index(("evaluation_report", None)) > steps.index(("baseline_scores", "odd_one"))
     with_coco = build_definitions(data_dir="unused", sources=AnnotationSources(coco_annotations="x.json"))
     assert [p for a, p in (map(lambda s: (s.asset_key.to_user_string(), s.partition_key), demo_steps(with_coco)))
             if a == "annotation_index"] == ["shapes", "coco"]  # fmt: skip

@@ -6,7 +6,7 @@ import os
 
 import dagster as dg
 
-from . import annotations, datasets, evaluation, training
+from . import annotations, attention, datasets, evaluation, training
 from .resources import DEFAULT_DATA_DIR, AnnotationSources, MimicPaths
 
 
@@ -15,8 +15,10 @@ def build_definitions(data_dir: str | None = None, sources: AnnotationSources | 
     return dg.Definitions(
         assets=[annotations.shapes_world, annotations.annotation_index,
                 datasets.eval_items, datasets.train_items, datasets.single_image_items, datasets.baseline_scores,
-                *training.TRAINING_ASSETS, training.checkpoints, evaluation.predictions, evaluation.eval_metrics],
+                *training.TRAINING_ASSETS, training.checkpoints, evaluation.predictions, evaluation.eval_metrics,
+                evaluation.evaluation_report, attention.attention_stats],
         sensors=[evaluation.checkpoint_sensor],
+        schedules=[evaluation.refresh_reports],
         resources={
             "paths": MimicPaths(data_dir=data_dir or os.environ.get("MIMIC_DATA_DIR", DEFAULT_DATA_DIR)),
             "sources": sources or AnnotationSources.from_env(),

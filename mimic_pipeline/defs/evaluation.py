@@ -21,10 +21,12 @@ from ..core.evaluation import PREDICTION_SCHEMA, metric_rows
 from ..core.files import atomic_path, config_hash
 from ..core.models.sequence import Variant
 from ..core.prediction import model_answerer, predict_items
+from ..core.reports import study_plot, variant_plot
+from ..core.tables import markdown_table
 from ..core.training.checkpoints import CheckpointError, complete_checkpoints, validate_checkpoint
 from ..core.training.data import ImageCache
-from .datasets import eval_items
-from .metadata import table_metadata
+from .datasets import baseline_scores, eval_items
+from .metadata import image_markdown, table_metadata
 from .partitions import checkpoint_partitions, task_partitions
 from .resources import MimicPaths
 from .training import checkpoints
@@ -180,3 +182,38 @@ def checkpoint_sensor(context: dg.SensorEvaluationContext, paths: MimicPaths) ->
         dynamic_partitions_requests=[checkpoint_partitions.build_add_request(new)],
         run_requests=[dg.RunRequest(run_key=f"registry-{'-'.join(sorted(new))}", asset_selection=[checkpoints.key])],
     )
+
+
+STUDIES = [("counting", "spread"), ("counting", "distractors"), ("counting", "concepts"), ("counting", "n_images"),
+           ("listing", "n_subcategories"), ("listing", "distractors"), ("listing", "n_images"),
+           ("common", "n_images"), ("odd_one", "n_images")]  # fmt: skip
+
+
+@dg.asset(
+    deps=[dg.AssetDep(eval_metrics, partition_mapping=dg.AllPartitionMapping()),
+          dg.AssetDep(baseline_scores, partition_mapping=dg.AllPartitionMapping())],
+    group_name=GROUP, owners=OWNERS, kinds={"duckdb", "png"}, tags={"stage": "reports"}, code_version=EVALUATION_VERSION,
+)  # fmt: skip
+def evaluation_report(context: dg.AssetExecutionContext, paths: MimicPaths) -> dg.MaterializeResult:
+    """The leaderboard (view `leaderboard`: MIMIC average and each task per checkpoint and variant) and
+    one PNG per study (accuracy against spread, distractors, concepts, image count ..., one line per
+    checkpoint, 95% bands) plus accuracy against the sequence-length variant, under `plots/evaluation/`."""
+    cols, rows = catalog.query(paths.catalog, "select * from eval_metrics")
+    metrics = [dict(zip(cols, r)) for r in rows]
+    lb_cols, lb_rows = catalog.query(paths.catalog, "select * from leaderboard")
+    out = paths.root / "plots" / "evaluation"
+    plots = {f"{task}_{axis}": study_plot(metrics, task, axis, out / f"{task}_{axis}.png") for task, axis in STUDIES}
+    plots["variants"] = variant_plot([dict(zip(lb_cols, r)) for r in lb_rows], out / "variants.png")
+    plots = {k: p for k, p in plots.items() if p is not None}
+    metadata = {"leaderboard": dg.MetadataValue.md(markdown_table(lb_cols, lb_rows)), "dagster/row_count": len(lb_rows)}
+    for name, path in plots.items():
+        metadata[f"plot_{name}"] = image_markdown(path, name.replace("_", " "))
+    context.log.info(f"{len(plots)} plots in {out}")
+    return dg.MaterializeResult(metadata=metadata)
+
+
+refresh_reports = dg.ScheduleDefinition(
+    name="refresh_reports", target=[evaluation_report], cron_schedule="*/30 * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every 30 minutes: redraw the leaderboard and the per-study plots from eval_metrics.",
+)  # fmt: skip
