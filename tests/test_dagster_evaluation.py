@@ -10,6 +10,7 @@ from mimic_pipeline.core import catalog
 from mimic_pipeline.core.models.tiny import TinyModelConfig, build_tiny_checkpoint
 from mimic_pipeline.core.shapes_world import DEFAULT_TAXONOMY
 from mimic_pipeline.defs import annotations as A
+from mimic_pipeline.defs import attention as AT
 from mimic_pipeline.defs import datasets as D
 from mimic_pipeline.defs import evaluation as E
 from mimic_pipeline.defs.build import build_definitions
@@ -93,9 +94,45 @@ def test_predictions_and_metrics_reach_the_leaderboard(pipeline):
     cells = catalog.query(data / "mimic.duckdb", "select count(distinct axis_value) from eval_metrics where checkpoint = 'dropped' and axis = 'spread'")[1][0][0]
     assert cells == 6  # five spread patterns + 'all'
 
+    report = run(defs, instance, E.evaluation_report)
+    assert report.success
+    md = report.asset_materializations_for_node("evaluation_report")[0].metadata
+    assert "| dropped | pool1 |" in md["leaderboard"].value
+    assert md["plot_counting_spread"].value.startswith("![counting spread](data:image/png;base64,")
+    assert (data / "plots" / "evaluation" / "counting_spread.png").exists()
+    assert (data / "plots" / "evaluation" / "variants.png").exists()  # pool1 vs pool4 of one checkpoint
+
+
+def test_reports_are_refreshed_on_a_schedule_that_runs_by_default(pipeline):
+    defs, _, _ = pipeline
+    schedule = defs.resolve_schedule_def("refresh_reports")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING and schedule.cron_schedule == "*/30 * * * *"
+
 
 def test_a_missing_or_half_copied_checkpoint_fails_with_the_fix(pipeline):
     defs, instance, data = pipeline
     instance.add_dynamic_partitions(checkpoint_partitions.name, ["ghost"])
     result = run(defs, instance, E.predictions, dg.MultiPartitionKey({"checkpoint": "ghost", "task": "common"}))
     assert not result.success and "no DONE marker" in str(result.all_events)
+
+
+def test_attention_stats_of_a_masked_checkpoint_show_no_cross_image_attention_in_masked_layers(pipeline, tmp_path):
+    import json
+
+    defs, instance, data = pipeline
+    folder = data / "checkpoints" / "masked_copy"
+    copy_in(folder, done=False)  # as if trained with the mask on the second half of its 2 LM layers
+    (folder / "mimic_checkpoint.json").write_text(json.dumps({"masked_layers": [1], "mask_mode": "block"}))
+    (folder / "DONE").write_text("copied\n")
+    instance.add_dynamic_partitions(checkpoint_partitions.name, ["masked_copy"])
+    result = run(defs, instance, AT.attention_stats, "masked_copy", {"n_items": 4})
+    assert result.success
+    md = result.asset_materializations_for_node("attention_stats")[0].metadata
+    assert md["masked_layers"].value == "[1]" and md["max_cross_image_share_in_masked_layers"].value == 0.0
+    rows = dict(catalog.query(data / "mimic.duckdb", "select layer, share from attention_stats where checkpoint = "
+                              "'masked_copy' and kind = 'vision_query' and target = 'other_images'")[1])  # fmt: skip
+    assert rows[1] == 0.0 and rows[0] > 0.0  # the unmasked layer does look across images
+    sums = catalog.query(data / "mimic.duckdb", "select kind, layer, sum(share) from attention_stats where "
+                         "checkpoint = 'masked_copy' group by all")[1]  # fmt: skip
+    assert all(abs(total - 1) < 1e-6 for _, _, total in sums)
+    assert (data / "plots" / "attention" / "masked_copy.png").exists()

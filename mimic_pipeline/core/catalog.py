@@ -22,7 +22,7 @@ from .files import atomic_path
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 CATALOG_FILE = "mimic.duckdb"
-SCHEMA_FILES = ("annotations", "evaluation", "training")  # DDL applied on every writer connection (idempotent)
+SCHEMA_FILES = ("annotations", "evaluation", "training", "attention")  # DDL applied on every writer connection (idempotent)
 
 
 class CatalogError(RuntimeError):

@@ -33,7 +33,7 @@ def demo_steps(defs: dg.Definitions) -> list[DemoStep]:
         pdef = graph.get(key).partitions_def
         if pdef is None:
             steps.append(DemoStep(key, None))
-        elif isinstance(pdef, dg.MultiPartitionsDefinition):
+        elif isinstance(pdef, (dg.MultiPartitionsDefinition, dg.DynamicPartitionsDefinition)):
             continue  # per-checkpoint evaluation: started by the checkpoint sensor and automation, not planned here
         elif pdef == source_partitions:
             steps.extend(DemoStep(key, s) for s in pdef.get_partition_keys() if sources.configured(s))
