@@ -60,6 +60,8 @@ def cmd_demo(args) -> int:
         "baseline_scores": given(seed=args.seed),
         **{f"{recipe}_checkpoint": given(steps_scale=args.train_scale, heldout_items=args.heldout_items)
            for recipe in ("base", "full_ft", "lora", "lora_masked")},
+        "predictions": given(items_per_cell=args.eval_items_per_cell,
+                             variants=args.variants.split(",") if args.variants else None),
     }
     run_config = {"ops": {name: {"config": cfg} for name, cfg in ops.items() if cfg}}
     print(f"MIMIC demo: data in {data_dir}, Dagster instance in {home}")
@@ -236,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--single-image-items", type=int, help="single-image instruction items (default 60000)")
     d.add_argument("--train-scale", type=float, help="multiply every training recipe's steps (default 1; quick look: 0.1)")
     d.add_argument("--heldout-items", type=int, help="items held out of each training run to measure it (default 300)")
+    d.add_argument("--eval-items-per-cell", type=int, default=20,
+                   help="eval items per cell the checkpoints answer (default 20 of the 100; 0: all)")
+    d.add_argument("--variants", help="comma-separated evaluation variants (default pool1,pool4,pixels4)")
     d.set_defaults(func=cmd_demo)
 
     q = sub.add_parser("query", help="run one SQL query against the catalogue, read-only")

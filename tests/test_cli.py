@@ -12,7 +12,8 @@ import pytest
 
 from .conftest import REPO
 
-QUICK_TRAINING = ["--train-scale", "0.001", "--heldout-items", "8"]  # 2 steps per recipe: wiring, not learning
+# 2 steps per recipe, 1 item per cell and variant: the wiring, not the learning
+QUICK_TRAINING = ["--train-scale", "0.001", "--heldout-items", "8", "--eval-items-per-cell", "1"]
 
 
 def mimic(*args, env=None, check=True):
@@ -29,7 +30,8 @@ def test_demo_materializes_everything_through_dagster_and_query_answers(tmp_path
     data = tmp_path / "data"
     out = mimic("demo", "--data-dir", str(data), "--eval-images", "300", "--train-images", "400", "--items-per-cell", "4",
                 "--train-set-items", "120", "--single-image-items", "200", *QUICK_TRAINING, env={"DAGSTER_HOME": str(home)})  # fmt: skip
-    assert "[1/21] materializing shapes_world" in out.stdout and "[2/21] materializing annotation_index[shapes]" in out.stdout
+    assert "[1/57] materializing shapes_world" in out.stdout and "[2/57] materializing annotation_index[shapes]" in out.stdout
+    assert "materializing predictions[lora_masked|odd_one]" in out.stdout and "materializing attention_stats[base]" in out.stdout
     assert "materializing baseline_scores[odd_one]" in out.stdout and "materializing checkpoints ..." in out.stdout
     assert "materializing evaluation_report ..." in out.stdout
     assert out.stdout.index("materializing base_checkpoint") < out.stdout.index("materializing lora_masked_checkpoint")
@@ -37,7 +39,7 @@ def test_demo_materializes_everything_through_dagster_and_query_answers(tmp_path
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 21 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        assert len(runs) == 57 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
         assert all(r.tags.get("mimic/demo") == "true" for r in runs)
 
     q = mimic("query", "select split, count(*) as n from images group by 1 order by 1", "--data-dir", str(data), "--format", "json")
@@ -47,7 +49,8 @@ def test_demo_materializes_everything_through_dagster_and_query_answers(tmp_path
     q = mimic("query", "select checkpoint, round(min(value), 4) as worst from eval_metrics where metric = 'accuracy' "
               "group by 1 order by 1", "--data-dir", str(data), "--format", "json")  # fmt: skip
     worst = {r["checkpoint"]: r["worst"] for r in json.loads(q.stdout)}
-    assert set(worst) == {"oracle", "majority", "random"} and worst["oracle"] == 1.0
+    assert set(worst) == {"oracle", "majority", "random", "base", "full_ft", "lora", "lora_masked"}
+    assert worst["oracle"] == 1.0
     counts = mimic("query", "select count(*) from eval_items", "--data-dir", str(data), "--format", "csv").stdout
     assert int(counts.splitlines()[1]) == 4 * (24 + 15 + 6 + 5)  # items per cell x cells of the four tasks
     train = mimic("query", "select count(*) from train_items", "--data-dir", str(data), "--format", "csv").stdout
@@ -55,6 +58,9 @@ def test_demo_materializes_everything_through_dagster_and_query_answers(tmp_path
     single = mimic("query", "select task, count(*) from single_image_items group by 1 order by 1", "--data-dir", str(data), "--format", "csv").stdout
     assert single.splitlines()[1:] == ["counting,100", "listing,40", "presence,60"]
 
+    board = mimic("query", "select checkpoint, variant, tasks from leaderboard where checkpoint = 'lora_masked' order by 2",
+                  "--data-dir", str(data), "--format", "csv").stdout  # fmt: skip
+    assert board.splitlines()[1:] == ["lora_masked,pixels4,4", "lora_masked,pool1,4", "lora_masked,pool4,4"]
     ckpts = mimic("query", "select name, recipe, parent from checkpoints order by name", "--data-dir", str(data), "--format", "csv").stdout
     assert ckpts.splitlines()[1:] == ["base,base,", "full_ft,full_ft,base", "lora,lora,base", "lora_masked,lora_masked,base"]
 

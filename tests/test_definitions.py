@@ -16,7 +16,6 @@ GROUPS = {"shapes_world": "annotations", "annotation_index": "annotations", "eva
           "lora_masked_checkpoint": "training", "checkpoints": "training",
           "predictions": "evaluation", "eval_metrics": "evaluation", "evaluation_report": "evaluation",
           "attention_stats": "attention"}  # fmt: skip
-EVALUATED_BY_AUTOMATION = {"predictions", "eval_metrics", "attention_stats"}  # per checkpoint: the sensor and automation start them
 
 
 def test_assets_carry_descriptions_groups_kinds_owners():
@@ -41,7 +40,12 @@ def test_assets_carry_descriptions_groups_kinds_owners():
 def test_demo_plan_covers_every_asset_and_only_configured_sources():
     defs = build_definitions(data_dir="unused", sources=AnnotationSources())
     steps = [(s.asset_key.to_user_string(), s.partition_key) for s in demo_steps(defs)]
-    assert {a for a, _ in steps} == set(GROUPS) - EVALUATED_BY_AUTOMATION
+    assert {a for a, _ in steps} == set(GROUPS)
+    # per-checkpoint steps come after training, for the four checkpoints the demo trains
+    first_eval = min(i for i, (a, _) in enumerate(steps) if a in ("predictions", "attention_stats"))
+    assert first_eval > steps.index(("lora_masked_checkpoint", None))
+    assert [p for a, p in steps if a == "attention_stats"] == ["base", "full_ft", "lora", "lora_masked"]
+    assert len([p for a, p in steps if a == "predictions"]) == 16 and steps[-1] == ("evaluation_report", None)
     assert steps[:2] == [("shapes_world", None), ("annotation_index", "shapes")]
     tasks = ["counting", "listing", "common", "odd_one"]
     for asset in ("eval_items", "train_items", "baseline_scores"):

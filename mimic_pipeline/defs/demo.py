@@ -21,20 +21,32 @@ from .resources import AnnotationSources
 @dataclass(frozen=True)
 class DemoStep:
     asset_key: dg.AssetKey
-    partition_key: str | None
+    partition_key: str | dg.MultiPartitionKey | None
 
 
-def demo_steps(defs: dg.Definitions) -> list[DemoStep]:
-    """Every asset in topological order, with the partitions the demo materializes."""
+DEMO_CHECKPOINTS = ("base", "full_ft", "lora", "lora_masked")  # what the demo's training steps register
+
+
+def demo_steps(defs: dg.Definitions, checkpoints: tuple[str, ...] = DEMO_CHECKPOINTS) -> list[DemoStep]:
+    """Every asset in topological order, with the partitions the demo materializes; per-checkpoint
+    assets for the checkpoints the demo trains (their partitions exist by the time those steps run)."""
     graph = defs.resolve_asset_graph()
     sources: AnnotationSources = defs.resources["sources"]
+    per_checkpoint = {k for k in graph.get_all_asset_keys() if isinstance(
+        graph.get(k).partitions_def, (dg.MultiPartitionsDefinition, dg.DynamicPartitionsDefinition))}  # fmt: skip
+    # they and what reads them run after training: their partitions appear only when the checkpoints do
+    late = per_checkpoint | {d for k in per_checkpoint for d in graph.get(k).child_keys}
+    order = [k for k in graph.toposorted_asset_keys if k not in late] + [k for k in graph.toposorted_asset_keys if k in late]
     steps = []
-    for key in graph.toposorted_asset_keys:
+    for key in order:
         pdef = graph.get(key).partitions_def
         if pdef is None:
             steps.append(DemoStep(key, None))
-        elif isinstance(pdef, (dg.MultiPartitionsDefinition, dg.DynamicPartitionsDefinition)):
-            continue  # per-checkpoint evaluation: started by the checkpoint sensor and automation, not planned here
+        elif isinstance(pdef, dg.MultiPartitionsDefinition):  # checkpoint x task
+            tasks = next(d.partitions_def for d in pdef.partitions_defs if d.name == "task").get_partition_keys()
+            steps.extend(DemoStep(key, dg.MultiPartitionKey({"checkpoint": c, "task": t})) for c in checkpoints for t in tasks)
+        elif isinstance(pdef, dg.DynamicPartitionsDefinition):  # checkpoint
+            steps.extend(DemoStep(key, c) for c in checkpoints)
         elif pdef == source_partitions:
             steps.extend(DemoStep(key, s) for s in pdef.get_partition_keys() if sources.configured(s))
         else:
