@@ -237,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train-set-items", type=int, help="training items over all tasks (default 198000)")
     d.add_argument("--single-image-items", type=int, help="single-image instruction items (default 60000)")
     d.add_argument("--train-scale", type=float, help="multiply every training recipe's steps (default 1; quick look: 0.1)")
-    d.add_argument("--heldout-items", type=int, help="items held out of each training run to measure it (default 300)")
-    d.add_argument("--eval-items-per-cell", type=int, default=20,
-                   help="eval items per cell the checkpoints answer (default 20 of the 100; 0: all)")
+    d.add_argument("--heldout-items", type=int, help="items held out of each training run to measure it (default 200)")
+    d.add_argument("--eval-items-per-cell", type=int, default=10,
+                   help="eval items per cell the checkpoints answer (default 10 of the 100; 0: all)")
     d.add_argument("--variants", help="comma-separated evaluation variants (default pool1,pool4,pixels4)")
     d.set_defaults(func=cmd_demo)
 
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps-scale", type=float, default=1.0, help="multiply the recipe's step counts")
     t.add_argument("--overrides", default="", help='JSON of recipe fields, e.g. \'{"lr": 1e-4, "batch_size": 4}\'')
     t.add_argument("--paper", action="store_true", help="the paper's LoRA settings (lr 2.5e-5, r 128) for real models")
-    t.add_argument("--heldout", type=int, default=300, help="items held out and answered before / after training")
+    t.add_argument("--heldout", type=int, default=200, help="items held out and answered before / after training")
     t.set_defaults(func=cmd_train)
 
     u = sub.add_parser("ui", help="start the Dagster webserver and daemon on this project")

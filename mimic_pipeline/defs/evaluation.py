@@ -43,7 +43,7 @@ class EvaluationSettings(dg.Config):
 
     variants: list[str] = ["pool1", "pool4", "pixels4"]  # poolK, pixelsK, ...-stitch
     batch_size: int = 32
-    max_new_tokens: int = 24
+    max_new_tokens: int = 16  # the longest answer (four names of a Listing) is 8 tokens
     items_per_cell: int = 0  # answer only the first N items of every cell (0: all), for quick looks
 
 

@@ -37,7 +37,7 @@ class TrainingSettings(dg.Config):
     base_checkpoint: str = ""  # fine-tuning recipes: the checkpoint to start from (default: base)
     steps_scale: float = 1.0  # multiplies every default step count (quick runs: 0.1)
     overrides_json: str = ""  # any Recipe field, e.g. {"lr": 1e-3, "pool": 4, "lora_r": 16}
-    heldout_items: int = 300  # kept out of training and answered before / after it
+    heldout_items: int = 200  # kept out of training and answered before / after it
 
     def recipe(self, name: str) -> Recipe:
         try:

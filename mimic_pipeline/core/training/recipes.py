@@ -81,10 +81,10 @@ def default_recipes(scale: float = 1.0) -> dict[str, Recipe]:
     def steps(n: int) -> int:
         return max(2, round(n * scale))
 
-    base = Recipe("base", steps=steps(1500), trainable="all", lr=1e-3, single_image_share=1.0,
+    base = Recipe("base", steps=steps(1200), trainable="all", lr=1e-3, single_image_share=1.0,
                   vision_pretrain_steps=steps(300), align_steps=steps(200), save_every=200)  # fmt: skip
-    full_ft = Recipe("full_ft", steps=steps(300), batch_size=8, lr=5e-4)
-    lora = Recipe("lora", steps=steps(300), batch_size=8, trainable="lora+projector", lr=2e-3)
+    full_ft = Recipe("full_ft", steps=steps(250), batch_size=8, lr=5e-4)
+    lora = Recipe("lora", steps=steps(250), batch_size=8, trainable="lora+projector", lr=2e-3)
     return {
         "base": base,
         "full_ft": full_ft,

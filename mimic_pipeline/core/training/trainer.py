@@ -271,7 +271,7 @@ def run_recipe(
     train_files: list[Path] = (),
     base: str | Path | None = None,
     names: tuple[list[str], list[str]] | None = None,
-    n_heldout: int = 300,
+    n_heldout: int = 200,
     progress: Callable[[str, int, int, float], None] | None = None,  # (stage, step, total, loss)
     lineage: dict | None = None,
 ) -> TrainingResult:
