@@ -37,8 +37,8 @@ def _sample(paths: MimicPaths, config: AttentionSettings) -> list[ModelInput]:
     if table.num_rows == 0:
         raise dg.Failure(f"no counting item with {config.n_images} images in {path}: choose another n_images")
     images = ImageCache()
-    return [ModelInput([images(p) for p in paths_], q)
-            for paths_, q in zip(table.column("image_paths").to_pylist(), table.column("question").to_pylist())]  # fmt: skip
+    rows = zip(table.column("image_paths").to_pylist(), table.column("question").to_pylist())
+    return [ModelInput([images(p) for p in image_paths], question) for image_paths, question in rows]
 
 
 @dg.asset(

@@ -232,27 +232,27 @@ def train_checkpoint(
         if heldout is not None:
             accuracy["after"] = heldout_accuracy(adapter, heldout, variant=variant)
             result.heldout_accuracy = accuracy
-        _write_checkpoint(adapter, recipe, base, out_dir, data, result, lineage or {})
+        parent = None if build_base is not None else base  # a fresh build is no parent
+        _write_checkpoint(adapter, recipe, parent, out_dir, data, result, lineage or {})
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
     return result
 
 
-def _write_checkpoint(adapter, recipe: Recipe, base: Path, out_dir: Path, data: TrainingData,
+def _write_checkpoint(adapter, recipe: Recipe, base: Path | None, out_dir: Path, data: TrainingData,
                       result: TrainingResult, lineage: dict) -> None:  # fmt: skip
     if adapter.layer_mask is not None:
         adapter.use_layer_mask(None)  # the mask is recorded in the metadata and re-installed on load
     with atomic_dir(out_dir) as tmp:
-        if hasattr(adapter.model, "peft_config"):
+        if hasattr(adapter.model, "peft_config"):  # the adapter's config names its base by absolute path
             adapter.model.peft_config["default"].base_model_name_or_path = str(base.resolve())
         adapter.model.save_pretrained(tmp)
         adapter.tokenizer.save_pretrained(tmp)
         adapter.image_processor.save_pretrained(tmp)
-        scratch = base.parent.name == ".staging" or base.name == "init"  # a fresh build is no parent
-        base_name = None if scratch else read_metadata(base).get("name", str(base)) if (base / METADATA).exists() else str(base)
+        base_name = None if base is None else read_metadata(base).get("name", str(base))
         metadata = {
             "name": out_dir.name, "recipe": recipe.name, "recipe_config": recipe.as_dict(),
-            "config_hash": recipe.hash(), "base_checkpoint": base_name, "base_path": None if scratch else str(base.resolve()),
+            "config_hash": recipe.hash(), "base_checkpoint": base_name, "base_path": None if base is None else str(base.resolve()),
             "training_set_version": data.version, "steps": result.steps, "loss_curve": result.losses,
             "wall_s": round(result.wall_s, 2), "trainable_parameters": result.trainable_parameters,
             "total_parameters": result.total_parameters, "architecture": adapter.architecture,
