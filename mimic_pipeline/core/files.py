@@ -57,6 +57,15 @@ def write_json_atomic(path: str | Path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def file_fingerprints(files: dict[str, str | Path]) -> dict[str, list]:
+    """(path, size, mtime) of each input file: cheap for 2 GB CSVs, and changes whenever the file does."""
+    out = {}
+    for role, path in sorted(files.items()):
+        p = Path(path)
+        out[role] = [str(p), p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else [str(p)]
+    return out
+
+
 def config_hash(config: dict) -> str:
     """A short stable hash of a JSON-able config, used for lineage and Dagster data versions."""
     blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)

@@ -32,11 +32,10 @@ def predicted_ids(folder: Path) -> set[str]:
 
 def model_answerer(adapter, variant, images, max_new_tokens: int = 24) -> Callable[[pa.Table], list[str]]:
     """`answer(batch)` for a model: each row's images (by path) and question through `adapter.generate`."""
-    from .models.adapters import ModelInput
+    from .training.data import model_inputs
 
     def answer(batch: pa.Table) -> list[str]:
-        rows = zip(batch.column("image_paths").to_pylist(), batch.column("question").to_pylist())
-        inputs = [ModelInput([images(p) for p in paths], question) for paths, question in rows]
+        inputs = model_inputs(images, batch.column("image_paths").to_pylist(), batch.column("question").to_pylist())
         return adapter.generate(inputs, variant, max_new_tokens)
 
     return answer

@@ -1,8 +1,9 @@
-"""Per-study plots from `eval_metrics` rows: accuracy against the study's variable, one line per answerer.
+"""The pipeline's plots, each a PNG written atomically.
 
-Counting over spread, distractors (concentrated vs balanced needles), concepts and image count;
-the other tasks over their studies; and accuracy against the sequence-length variant (pooling
-factor, pixel control). Each plot is a PNG with 95% intervals as bands.
+Per study from `eval_metrics` rows: accuracy against the study's variable, one line per answerer
+(counting over spread, distractors (concentrated vs balanced needles), concepts and image count;
+the other tasks over their studies), with 95% intervals as bands; accuracy against the
+sequence-length variant (pooling factor, pixel control); attention by layer; the training loss.
 """
 
 from __future__ import annotations
@@ -14,6 +15,25 @@ from pathlib import Path
 from .files import atomic_path
 
 DEFAULT_VARIANTS = ("pool1", "default")  # models' plain variant, the baselines' only one
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend (assets run without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write the figure as a PNG atomically and release it."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    _pyplot().close(fig)
+    return Path(path)
 
 
 def _order(values: list[str], axis: str) -> list[str]:
@@ -43,11 +63,7 @@ def study_plot(rows: list[dict], task: str, axis: str, path: str | Path) -> Path
     lines = _lines(rows, task, axis)
     if not lines:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
     values = _order(sorted({v for line in lines.values() for v in line}), axis)
     x = {v: i for i, v in enumerate(values)}
@@ -63,11 +79,7 @@ def study_plot(rows: list[dict], task: str, axis: str, path: str | Path) -> Path
     ax.set(xlabel=axis.replace("_", " "), ylabel="accuracy %", ylim=(0, 102), title=f"{task}: accuracy vs {axis}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: never over a line
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def variant_plot(leaderboard: list[dict], path: str | Path) -> Path | None:
@@ -79,11 +91,7 @@ def variant_plot(leaderboard: list[dict], path: str | Path) -> Path | None:
     by_ckpt = {c: v for c, v in by_ckpt.items() if len(v) > 1}
     if not by_ckpt:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     variants = sorted({v for vs in by_ckpt.values() for v in vs}, key=lambda v: (not v.startswith("pool"), len(v), v))
     fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
     for ckpt, scores in sorted(by_ckpt.items()):
@@ -94,11 +102,7 @@ def variant_plot(leaderboard: list[dict], path: str | Path) -> Path | None:
            title="Sequence length: accuracy vs variant")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def attention_plot(rows: list[dict], checkpoint: str, path: str | Path) -> Path | None:
@@ -107,11 +111,7 @@ def attention_plot(rows: list[dict], checkpoint: str, path: str | Path) -> Path 
     rows = [r for r in rows if r["checkpoint"] == checkpoint]
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100, sharey=True)
     for ax, kind, title in ((axes[0], "vision_query", "vision queries attend to"),
                             (axes[1], "final_text", "the answering token attends to")):  # fmt: skip
@@ -124,8 +124,21 @@ def attention_plot(rows: list[dict], checkpoint: str, path: str | Path) -> Path 
         ax.legend(fontsize=7)
     axes[0].set_ylabel("share of attention %")
     fig.suptitle(f"{checkpoint}: attention by layer")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
+
+
+def loss_plot(losses: list[float], path: str | Path, title: str, window: int = 25) -> Path:
+    """The training loss per step (faint) and its moving average over `window` steps."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="loss")
+    if len(losses) >= window:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, color="tab:blue", linewidth=1.8, label=f"mean of {window} steps")
+    ax.set(xlabel="step", ylabel="loss (answer tokens)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(fig, path)

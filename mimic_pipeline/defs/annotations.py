@@ -2,14 +2,13 @@
 
 
 import time
-from pathlib import Path
 
 import dagster as dg
 
 from ..core import catalog
 from ..core.annotations import INDEX_TABLES, load_source
 from ..core.errors import InputFileError
-from ..core.files import config_hash
+from ..core.files import config_hash, file_fingerprints
 from ..core.tables import markdown_table
 from ..core.shapes_world import GENERATOR_VERSION, ShapesWorldConfig, build_shapes_world, contact_sheet
 from .metadata import image_markdown, table_metadata
@@ -125,7 +124,7 @@ def annotation_index(context: dg.AssetExecutionContext, paths: MimicPaths, sourc
         # Nothing was written yet: the catalogue keeps its previous rows for this source.
         raise dg.Failure(description=str(e), metadata={"file": dg.MetadataValue.path(str(e.path))}) from e
     load_s = time.perf_counter() - started
-    fingerprint = config_hash({"loader": INDEX_LOADER_VERSION, "files": _fingerprints(index.source_files)})
+    fingerprint = config_hash({"loader": INDEX_LOADER_VERSION, "files": file_fingerprints(index.source_files)})
     parquet = catalog.export_index_parquet(index, paths.index_dir(source))
     counts = catalog.replace_source_index(paths.catalog, index, fingerprint)
     context.log.info(f"{source}: {counts} written to {paths.catalog} in {time.perf_counter() - started:.1f}s")
@@ -152,15 +151,6 @@ def annotation_index(context: dg.AssetExecutionContext, paths: MimicPaths, sourc
         check_results=check_results,
         data_version=dg.DataVersion(fingerprint),
     )
-
-
-def _fingerprints(files: dict[str, str]) -> dict[str, list]:
-    """(size, mtime) of each input file: cheap for 2 GB CSVs, and changes whenever the file does."""
-    out = {}
-    for role, path in sorted(files.items()):
-        p = Path(path)
-        out[role] = [str(p), p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else [str(p)]
-    return out
 
 
 def _examples(cols: list[str], rows: list[tuple]) -> str:

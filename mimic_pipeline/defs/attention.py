@@ -9,7 +9,7 @@ from ..core.attention import ATTENTION_STATS_SCHEMA, attention_statistics
 from ..core.models.adapters import ModelInput
 from ..core.reports import attention_plot
 from ..core.training.checkpoints import CheckpointError, validate_checkpoint
-from ..core.training.data import ImageCache
+from ..core.training.data import ImageCache, model_inputs
 from .datasets import eval_items
 from .metadata import image_markdown, table_metadata
 from .partitions import checkpoint_partitions
@@ -36,9 +36,7 @@ def _sample(paths: MimicPaths, config: AttentionSettings) -> list[ModelInput]:
     table = table.filter(pa.compute.equal(table["n_images"], config.n_images)).sort_by("item_id").slice(0, config.n_items)
     if table.num_rows == 0:
         raise dg.Failure(f"no counting item with {config.n_images} images in {path}: choose another n_images")
-    images = ImageCache()
-    rows = zip(table.column("image_paths").to_pylist(), table.column("question").to_pylist())
-    return [ModelInput([images(p) for p in image_paths], question) for image_paths, question in rows]
+    return model_inputs(ImageCache(), table.column("image_paths").to_pylist(), table.column("question").to_pylist())
 
 
 @dg.asset(

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from ..core import catalog
 from ..core.errors import InputFileError
 from ..core.evaluation import PREDICTION_SCHEMA, metric_rows
-from ..core.files import atomic_path, config_hash
+from ..core.files import atomic_path, config_hash, file_fingerprints
 from ..core.models.sequence import Variant
 from ..core.prediction import model_answerer, predict_items
 from ..core.reports import study_plot, variant_plot
@@ -59,8 +59,7 @@ def _items(paths: MimicPaths, task: str, per_cell: int) -> tuple[pa.Table, str]:
             if seen[cell] <= per_cell:
                 keep.append(i)
         table = table.take(keep)
-    stat = path.stat()
-    return table, config_hash({"file": stat.st_size, "mtime": int(stat.st_mtime), "per_cell": per_cell})
+    return table, config_hash({"file": file_fingerprints({"items": path}), "per_cell": per_cell})
 
 
 @dg.asset(
@@ -150,10 +149,8 @@ def eval_metrics(context: dg.AssetExecutionContext, paths: MimicPaths) -> dg.Mat
         raise dg.Failure(f"{path} is missing: materialize predictions[{name}|{task}] first")
     preds = pq.read_table(path)
     metrics = pa.Table.from_pylist(metric_rows(preds))
-    with catalog.transaction(paths.catalog) as con:  # every variant of this (checkpoint, task) at once
-        con.execute("delete from eval_metrics where checkpoint = ? and task = ?", [name, task])
-        con.register("new_rows", metrics)
-        con.execute("insert into eval_metrics by name select * from new_rows")
+    # every variant of this (checkpoint, task) at once
+    catalog.replace_rows(paths.catalog, "eval_metrics", {"checkpoint": name, "task": task}, metrics)
     cols, rows = catalog.query(paths.catalog, catalog.named_queries("evaluation")["checkpoint_summary"], {"checkpoint": name, "task": task})
     return dg.MaterializeResult(metadata={**table_metadata(row_count=metrics.num_rows, preview=(cols, rows)),
                                           "variants": json.dumps(sorted(set(preds.column("variant").to_pylist())))})  # fmt: skip

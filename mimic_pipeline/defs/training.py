@@ -14,10 +14,10 @@ import dagster as dg
 
 from ..core import catalog
 from ..core.files import config_hash
+from ..core.reports import loss_plot
 from ..core.tables import markdown_table
 from ..core.errors import InputFileError
 from ..core.training.checkpoints import NAME_PATTERN, complete_checkpoints, read_metadata
-from ..core.training.plots import loss_plot
 from ..core.training.recipes import Recipe, configured_recipe
 from ..core.training.trainer import run_recipe
 from .datasets import single_image_items, train_items

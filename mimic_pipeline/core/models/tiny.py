@@ -42,6 +42,11 @@ class TinyModelConfig:
         return asdict(self)
 
 
+def grid_pinpoints(image_size: int) -> list[list[int]]:
+    """The anyres grid, scaled to the image size as the 0.5B model's is to 384 px (1x1 up to 2x2 tiles)."""
+    return [[image_size * i, image_size * j] for i in (1, 2) for j in (1, 2)]
+
+
 def tiny_llava_config(cfg: TinyModelConfig, vocab_size: int, image_token_id: int, pad_token_id: int) -> LlavaOnevisionConfig:
     vision = SiglipVisionConfig(
         hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden, num_hidden_layers=cfg.vision_layers,
@@ -52,19 +57,18 @@ def tiny_llava_config(cfg: TinyModelConfig, vocab_size: int, image_token_id: int
         num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, num_key_value_heads=cfg.text_kv_heads,
         max_position_embeddings=cfg.max_positions, tie_word_embeddings=False, pad_token_id=pad_token_id,
     )  # fmt: skip
-    s = cfg.image_size
     return LlavaOnevisionConfig(
         vision_config=vision, text_config=text, image_token_id=image_token_id, video_token_id=image_token_id,
         vision_feature_select_strategy="full",  # SigLIP has no CLS token to drop
         vision_feature_layer=-1, vision_aspect_ratio="anyres_max_9",
-        image_grid_pinpoints=[[s * i, s * j] for i in (1, 2) for j in (1, 2)], tie_word_embeddings=False,
+        image_grid_pinpoints=grid_pinpoints(cfg.image_size), tie_word_embeddings=False,
     )  # fmt: skip
 
 
 def tiny_image_processor(cfg: TinyModelConfig) -> LlavaOnevisionImageProcessorPil:
     s = cfg.image_size
     return LlavaOnevisionImageProcessorPil(
-        size={"height": s, "width": s}, image_grid_pinpoints=[[s * i, s * j] for i in (1, 2) for j in (1, 2)]
+        size={"height": s, "width": s}, image_grid_pinpoints=grid_pinpoints(s)
     )
 
 

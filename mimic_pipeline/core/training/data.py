@@ -41,6 +41,13 @@ class ImageCache:
         return image
 
 
+def model_inputs(images: ImageCache, image_paths: Sequence[Sequence[str]], questions: Sequence[str],
+                 answers: Sequence[str] | None = None) -> list[ModelInput]:  # fmt: skip
+    """One `ModelInput` per item: its images (decoded through the cache) in order, question, answer."""
+    answers = answers if answers is not None else [None] * len(questions)
+    return [ModelInput([images(p) for p in paths], q, a) for paths, q, a in zip(image_paths, questions, answers)]
+
+
 @dataclass
 class ItemPool:
     """Questions, answers and image paths of a set of items, drawn from by index."""
@@ -67,15 +74,12 @@ class ItemPool:
         data = {c: [v for t in parts for v in t.column(c).to_pylist()] for c in cols}
         return cls(*(data[c] for c in cols))
 
-    def concat(self, other: ItemPool) -> ItemPool:
-        return ItemPool(*(getattr(self, f) + getattr(other, f) for f in FIELDS))
-
     def take(self, idx: Sequence[int]) -> ItemPool:
         return ItemPool(*([getattr(self, f)[i] for i in idx] for f in FIELDS))
 
     def inputs(self, idx: Sequence[int], images: ImageCache, with_answers: bool = True) -> list[ModelInput]:
-        return [ModelInput([images(p) for p in self.image_paths[i]], self.questions[i],
-                           self.answers[i] if with_answers else None) for i in idx]  # fmt: skip
+        answers = [self.answers[i] for i in idx] if with_answers else None
+        return model_inputs(images, [self.image_paths[i] for i in idx], [self.questions[i] for i in idx], answers)
 
 
     def scoring_item(self, i: int) -> dict:

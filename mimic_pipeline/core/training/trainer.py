@@ -278,7 +278,7 @@ def run_recipe(
     """Everything around `train_checkpoint` that the Dagster asset and `mimic train` share: load the
     item sets, hold `n_heldout` items out (single-image ones for `base`, multi-image otherwise) and
     build a fresh tiny model (vocabulary from `names`, else from the items) when there is no base."""
-    from ..files import config_hash
+    from ..files import config_hash, file_fingerprints
     from ..models.tiny import TinyModelConfig, build_tiny_checkpoint
     from .data import category_names, split_holdout
 
@@ -296,7 +296,7 @@ def run_recipe(
         else:
             multi, held = split_holdout(multi, min(n_heldout, len(multi) // 5), recipe.seed)
     files = [*single_image_files, *train_files]
-    version = config_hash({str(f): [Path(f).stat().st_size, int(Path(f).stat().st_mtime)] for f in files})
+    version = config_hash(file_fingerprints({str(f): f for f in files}))
     build = None
     if from_scratch:
         leaves, parents = names or category_names(single)
