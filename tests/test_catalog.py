@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import duckdb
 import pyarrow as pa
 import pytest
@@ -88,3 +92,49 @@ def test_parquet_export_round_trips(tmp_path):
     assert set(paths) == {"categories", "images", "instance_counts"}
     assert pq.read_table(paths["instance_counts"]).equals(index.instance_counts)
     assert sorted(p.name for p in (tmp_path / "index" / "a").iterdir()) == ["categories.parquet", "images.parquet", "instance_counts.parquet"]
+
+
+HOLD_WRITER = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+con.execute("insert into images values ('a', 'val', 'held', 'x.png', 1, 1)")
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+con.close()
+"""
+
+
+def hold_writer(db, seconds: float) -> subprocess.Popen:
+    """Another process (a concurrent run) holding a read-write connection for `seconds`."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_WRITER, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def test_readers_and_writers_wait_for_another_process_lock_then_proceed(tmp_path):
+    db = tmp_path / "mimic.duckdb"
+    catalog.replace_source_index(db, make_index("a", 1))
+    proc = hold_writer(db, 1.5)
+    started = time.monotonic()
+    assert catalog.query(db, "select count(*) from images", wait_s=30)[1] == [(2,)]  # saw the holder's row
+    assert time.monotonic() - started >= 1.0  # it waited for the lock rather than failing
+    proc.wait()
+    proc = hold_writer(db, 1.5)
+    catalog.replace_rows(db, "images", {"image_id": "held"}, pa.table({"source": ["a"], "split": ["val"], "image_id": ["held"],
+                         "file_name": ["y.png"], "width": [2], "height": [2]}), wait_s=30)  # fmt: skip
+    proc.wait()
+    assert rows(db, "select file_name from images where image_id = 'held'") == [("y.png",)]
+
+
+def test_a_lock_held_longer_than_the_wait_fails_with_the_fix(tmp_path):
+    db = tmp_path / "mimic.duckdb"
+    catalog.replace_source_index(db, make_index("a", 1))
+    proc = hold_writer(db, 3)
+    try:
+        with pytest.raises(catalog.CatalogError, match="cannot open .*mimic.duckdb read-only .*Conflicting lock.*another "
+                           "process holds it: wait for the running materialization"):  # fmt: skip
+            catalog.query(db, "select 1", wait_s=0.3)
+        with pytest.raises(catalog.CatalogError, match="cannot open .*mimic.duckdb for writing"):
+            catalog.connect_writer(db, wait_s=0.3)
+    finally:
+        proc.wait()

@@ -93,6 +93,13 @@ def test_single_image_items_and_baselines(pipeline):
     assert 0 <= md["random_accuracy"].value < 100
     rows = catalog.query(data / "mimic.duckdb", "select distinct checkpoint from eval_metrics where task = 'odd_one' order by 1")[1]
     assert rows == [("majority",), ("oracle",), ("random",)]
+    # the same files and view as a checkpoint's predictions: predictions/<answerer>/<task>.parquet
+    n = catalog.query(data / "mimic.duckdb", "select count(*) from eval_items where task = 'odd_one'")[1][0][0]
+    view = catalog.query(data / "mimic.duckdb", "select checkpoint, variant, count(*), count(distinct item_id), bool_and(correct) "
+                         "from predictions where task = 'odd_one' group by all order by 1")[1]  # fmt: skip
+    assert [r[:4] for r in view] == [(b, "default", n, n) for b in ("majority", "oracle", "random")]
+    assert dict((r[0], r[4]) for r in view)["oracle"] is True
+    assert all((data / "predictions" / b / "odd_one.parquet").exists() for b in ("majority", "oracle", "random"))
 
 
 def test_a_source_without_an_index_fails_with_the_step_to_take(pipeline):

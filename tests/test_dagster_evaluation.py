@@ -89,6 +89,8 @@ def test_predictions_and_metrics_reach_the_leaderboard(pipeline):
                           f"read_parquet('{data}/predictions/dropped/counting.parquet') group by 1 order by 1")[1]  # fmt: skip
     assert table == [("pool1", n_items, n_items), ("pool4", n_items, n_items)]
     assert run(defs, instance, E.eval_metrics, key).success
+    view = catalog.query(data / "mimic.duckdb", "select variant, count(*) from predictions where checkpoint = 'dropped' group by 1 order by 1")[1]
+    assert view == [("pool1", n_items), ("pool4", n_items)]  # the DuckDB view over every answerer's predictions
     rows = catalog.query(data / "mimic.duckdb", "select checkpoint, variant, tasks from leaderboard where checkpoint = 'dropped' order by variant")[1]
     assert rows == [("dropped", "pool1", 1), ("dropped", "pool4", 1)]
     cells = catalog.query(data / "mimic.duckdb", "select count(distinct axis_value) from eval_metrics where checkpoint = 'dropped' and axis = 'spread'")[1][0][0]

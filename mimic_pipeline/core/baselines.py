@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -62,6 +63,13 @@ def random_answers(items: pa.Table, seed: int = 0) -> list[str]:
     choices = {k: sorted(c) for k, c in _answers_by_study(items).items()}
     return [choices[(t, a)][int(rng.integers(0, len(choices[(t, a)])))]
             for t, a in zip(items.column("task").to_pylist(), items.column("axis").to_pylist())]  # fmt: skip
+
+
+def baseline_answerer(name: str, items: pa.Table, index: SamplingIndex, seed: int = 0) -> Callable[[pa.Table], list[str]]:
+    """`answer(batch)` for the prediction path. Answers are drawn once over the whole item set (the
+    majority and random answers depend on the set's answer distribution), then looked up by item."""
+    by_id = dict(zip(items.column("item_id").to_pylist(), baseline_answers(name, items, index, seed)))
+    return lambda batch: [by_id[item_id] for item_id in batch.column("item_id").to_pylist()]
 
 
 def baseline_answers(name: str, items: pa.Table, index: SamplingIndex, seed: int = 0) -> list[str]:

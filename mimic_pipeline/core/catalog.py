@@ -1,15 +1,21 @@
 """The DuckDB catalogue at ``<data dir>/mimic.duckdb``: indexes and results, queried by users.
 
 One writer at a time (Dagster's ``duckdb`` pool has limit 1); connections are short. Users and
-checks read through `query`, which opens the file read-only so it can never change or lock it for
-writing.
+checks read through `query`, which opens the file read-only so it can never change it.
+
+DuckDB locks the file per process: while one process holds a read-write connection no other can open
+it at all, and while readers hold it no writer can. Runs of a backfill read and write from several
+processes at once, so every connection waits (up to ``MIMIC_DUCKDB_WAIT_S`` seconds, default 120)
+for a conflicting lock to go instead of failing on the first try.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from collections.abc import Iterator
@@ -47,15 +53,31 @@ def named_queries(name: str) -> dict[str, str]:
     return {parts[i]: parts[i + 1].strip().rstrip(";") for i in range(1, len(parts), 2)}
 
 
-def connect_writer(db_path: str | Path) -> duckdb.DuckDBPyConnection:
+def lock_wait_s() -> float:
+    return float(os.environ.get("MIMIC_DUCKDB_WAIT_S", "120"))
+
+
+def _connect(db_path: Path, read_only: bool, wait_s: float | None) -> duckdb.DuckDBPyConnection:
+    """`duckdb.connect`, retried with backoff while another process holds a conflicting lock."""
+    deadline = time.monotonic() + (lock_wait_s() if wait_s is None else wait_s)
+    pause = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(db_path), read_only=read_only)
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower() or time.monotonic() + pause > deadline:
+                mode = "read-only" if read_only else "for writing"
+                raise CatalogError(f"cannot open {db_path} {mode} ({e}); another process holds it: wait for the "
+                                   "running materialization or stop the process that holds it") from None  # fmt: skip
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
+
+
+def connect_writer(db_path: str | Path, wait_s: float | None = None) -> duckdb.DuckDBPyConnection:
     """A read-write connection with every table of the schema created."""
     db_path = Path(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        con = duckdb.connect(str(db_path))
-    except duckdb.IOException as e:
-        raise CatalogError(f"cannot open {db_path} for writing ({e}); another process holds it: "
-                           "wait for the running materialization or stop the process that holds it") from None  # fmt: skip
+    con = _connect(db_path, read_only=False, wait_s=wait_s)
     for name in SCHEMA_FILES:
         con.execute(_ddl(load_sql(name)))
     return con
@@ -67,9 +89,9 @@ def _ddl(sql: str) -> str:
 
 
 @contextlib.contextmanager
-def transaction(db_path: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+def transaction(db_path: str | Path, wait_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A writer connection inside one transaction: committed if the block succeeds, else rolled back."""
-    with connect_writer(db_path) as con:
+    with connect_writer(db_path, wait_s) as con:
         con.execute("begin transaction")
         try:
             yield con
@@ -79,29 +101,26 @@ def transaction(db_path: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
             raise
 
 
-def replace_rows(db_path: str | Path, table: str, where: dict, rows: pa.Table) -> int:
+def replace_rows(db_path: str | Path, table: str, where: dict, rows: pa.Table, wait_s: float | None = None) -> int:
     """Delete the rows of `table` matching `where` and insert `rows`, in one transaction."""
     cond = " and ".join(f"{k} = ?" for k in where)
-    with transaction(db_path) as con:
+    with transaction(db_path, wait_s) as con:
         con.execute(f"delete from {table} where {cond}", list(where.values()))
         con.register("new_rows", rows)
         con.execute(f"insert into {table} by name select * from new_rows")
     return rows.num_rows
 
 
-def connect_reader(db_path: str | Path) -> duckdb.DuckDBPyConnection:
+def connect_reader(db_path: str | Path, wait_s: float | None = None) -> duckdb.DuckDBPyConnection:
     db_path = Path(db_path)
     if not db_path.exists():
         raise CatalogError(f"no catalogue at {db_path}: run `mimic demo` (or materialize the annotation_index asset) first")
-    try:
-        return duckdb.connect(str(db_path), read_only=True)
-    except duckdb.IOException as e:
-        raise CatalogError(f"cannot open {db_path} read-only ({e}); a writer holds it: retry when it finishes") from None
+    return _connect(db_path, read_only=True, wait_s=wait_s)
 
 
-def query(db_path: str | Path, sql: str, params=None) -> tuple[list[str], list[tuple]]:
+def query(db_path: str | Path, sql: str, params=None, wait_s: float | None = None) -> tuple[list[str], list[tuple]]:
     """Run one query read-only; returns (column names, rows)."""
-    with connect_reader(db_path) as con:
+    with connect_reader(db_path, wait_s) as con:
         try:
             cur = con.execute(sql, params) if params is not None else con.execute(sql)
         except duckdb.Error as e:
@@ -147,15 +166,21 @@ def export_index_parquet(index: AnnotationIndex, folder: str | Path) -> dict[str
 
 def create_item_views(db_path: str | Path, datasets_root: str | Path) -> list[str]:
     """(Re)create the item views over the Parquet files that exist; returns the views made."""
-    root = Path(datasets_root).resolve()
+    return create_parquet_views(db_path, "datasets", datasets_root)
+
+
+def create_parquet_views(db_path: str | Path, sql_name: str, root: str | Path) -> list[str]:
+    """(Re)create the views of ``sql/<sql_name>.sql`` over Parquet under `root` ({root} in the SQL)
+    whose files exist (DuckDB rejects a view over a glob that matches nothing); returns the views made."""
+    root = Path(root).resolve()
     made = []
     with connect_writer(db_path) as con:
-        for statement in load_sql("datasets").split(";"):
-            statement = "\n".join(line for line in statement.splitlines() if not line.startswith("--")).strip()
+        code = "\n".join(line for line in load_sql(sql_name).splitlines() if not line.lstrip().startswith("--"))
+        for statement in map(str.strip, code.split(";")):
             if not statement:
                 continue
-            folder = re.search(r"\{root\}/(\w+)/", statement).group(1)
-            if any((root / folder).glob("*.parquet")):
+            pattern = re.search(r"'\{root\}/([^']+)'", statement).group(1)
+            if any(root.glob(pattern)):
                 con.execute(statement.replace("{root}", str(root).replace("'", "''")))
                 made.append(re.search(r"view (\w+)", statement).group(1))
     return made

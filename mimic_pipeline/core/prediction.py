@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .evaluation import PREDICTION_SCHEMA, score_predictions
@@ -102,3 +104,58 @@ def predict_items(
         if progress:
             progress(len(done) + answered, total)
     return read_parts(folder), answered
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` leaves: every variant's predictions assembled in one table and file."""
+
+    table: pa.Table
+    path: Path
+    items_per_s: dict[str, float] = field(default_factory=dict)  # variant -> speed of the items answered now
+
+    def accuracy(self) -> dict[str, float]:
+        """Percent correct per variant, in the order the variants ran."""
+        out = {}
+        for variant in dict.fromkeys(self.table.column("variant").to_pylist()):
+            rows = self.table.filter(pc.equal(self.table.column("variant"), variant))
+            out[variant] = round(100 * pc.mean(rows.column("correct").cast(pa.float64())).as_py(), 2)
+        return out
+
+
+def evaluate(
+    answerers: dict[str, Callable[[pa.Table], list[str]]],
+    items: pa.Table,
+    root: str | Path,
+    name: str,
+    task: str,
+    batch_size: int = 32,
+    vocabulary=None,
+    items_version: str = "",
+    log: Callable[[str], None] | None = None,
+) -> Evaluation:
+    """One answerer (a checkpoint or a reference baseline) on one task's items, per variant.
+
+    `answerers` maps a variant name to its `answer(batch)`. Each variant resumes from its parts
+    under `<root>/<name>/<variant>/<task>/`; all of them are assembled atomically into
+    `<root>/<name>/<task>.parquet`, the file the `predictions` view and the metrics read.
+    """
+    root = Path(root)
+    tables, speed = [], {}
+    for variant, answer in answerers.items():
+        started = time.perf_counter()
+
+        def progress(done: int, total: int, label=variant) -> None:
+            if log:
+                log(f"{name} {task} {label}: {done}/{total} items")
+
+        table, answered = predict_items(answer, items, root / name / variant / task, name, variant, batch_size,
+                                        vocabulary=vocabulary, progress=progress, items_version=items_version)  # fmt: skip
+        if answered:
+            speed[variant] = round(answered / (time.perf_counter() - started), 1)
+        tables.append(table)
+    path = root / name / f"{task}.parquet"
+    result = pa.concat_tables(tables) if tables else PREDICTION_SCHEMA.empty_table()
+    with atomic_path(path) as tmp:
+        pq.write_table(result, tmp, compression="zstd")
+    return Evaluation(result, path, speed)

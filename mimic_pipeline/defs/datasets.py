@@ -11,9 +11,10 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from ..core import catalog
-from ..core.baselines import BASELINES, baseline_answers
-from ..core.evaluation import metric_rows, score_predictions
-from ..core.files import atomic_path, config_hash
+from ..core.baselines import BASELINES, baseline_answerer
+from ..core.evaluation import metric_rows
+from ..core.files import config_hash, file_fingerprints
+from ..core.prediction import evaluate
 from ..core.sampling.balance import answer_balance
 from ..core.sampling.config import DEFAULT_TRAIN_MIX, GENERATOR_VERSION, BenchmarkConfig, items_per_task
 from ..core.sampling.generate import cell_sizes, generate_task
@@ -275,32 +276,34 @@ def single_image_items(context: dg.AssetExecutionContext, config: SingleImageSet
                                    description="the oracle (answers from the index) is right on every item: generator and scorer agree")],
 )  # fmt: skip
 def baseline_scores(context: dg.AssetExecutionContext, config: EvalSetSettings, paths: MimicPaths) -> dg.MaterializeResult:
-    """Reference baselines on one task's eval set, through the same scoring path as models.
+    """Reference baselines on one task's eval set, through the same prediction and scoring path as
+    checkpoints (`core.prediction.evaluate`, variant `default`).
 
     `oracle` answers from the annotation index in varied phrasings (must score 100), `majority`
     gives the most common answer of the study, `random` a random one of its answers. Predictions at
-    `predictions/baselines/<task>.parquet`, metrics in the DuckDB table `eval_metrics`.
+    `predictions/<baseline>/<task>.parquet` (view `predictions`), metrics in the DuckDB table
+    `eval_metrics` (view `leaderboard`).
     """
     task = context.partition_key
-    items = pq.read_table(paths.datasets / "eval" / f"{task}.parquet")
+    path = paths.datasets / "eval" / f"{task}.parquet"
+    items = pq.read_table(path)
     index = _load_index(context, paths, items.column("source")[0].as_py(), items.column("split")[0].as_py())
-    tables = [score_predictions(items, baseline_answers(name, items, index, config.seed), name, vocabulary=index.names)
-              for name in BASELINES]  # fmt: skip
+    version = config_hash({"items": file_fingerprints({"items": path}), "seed": config.seed})
+    tables = [evaluate({"default": baseline_answerer(name, items, index, config.seed)}, items, paths.predictions, name,
+                       task, vocabulary=index.names, items_version=version).table for name in BASELINES]  # fmt: skip
     predictions = pa.concat_tables(tables)
-    path = paths.predictions / "baselines" / f"{task}.parquet"
-    with atomic_path(path) as tmp:
-        pq.write_table(predictions, tmp, compression="zstd")
     metrics = pa.Table.from_pylist(metric_rows(predictions))
     for name in BASELINES:
-        catalog.replace_rows(paths.catalog, "eval_metrics", {"checkpoint": name, "task": task, "variant": "default"},
+        catalog.replace_rows(paths.catalog, "eval_metrics", {"checkpoint": name, "task": task},
                              metrics.filter(pa.compute.equal(metrics["checkpoint"], name)))  # fmt: skip
+    catalog.create_parquet_views(paths.catalog, "prediction_views", paths.predictions)
     oracle_wrong = [r for r in tables[0].to_pylist() if not r["correct"]]
     cols, summary = catalog.query(paths.catalog, catalog.named_queries("evaluation")["baseline_summary"], {"task": task})
     # one stable numeric key per baseline, so the UI plots it across materializations
     accuracy = {f"{t.column('checkpoint')[0].as_py()}_accuracy": round(100 * pa.compute.mean(t.column("correct").cast(pa.float64())).as_py(), 2)
                 for t in tables}  # fmt: skip
     return dg.MaterializeResult(
-        metadata={**table_metadata(row_count=predictions.num_rows, uri=path, preview=(cols, summary)), **accuracy},
+        metadata={**table_metadata(row_count=predictions.num_rows, uri=paths.predictions, preview=(cols, summary)), **accuracy},
         check_results=[dg.AssetCheckResult(
             check_name="oracle_scores_100", passed=not oracle_wrong,
             metadata={"wrong_items": len(oracle_wrong),

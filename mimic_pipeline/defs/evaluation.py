@@ -8,19 +8,17 @@ only); `eval_metrics` turns them into rows of the DuckDB table of that name in t
 """
 
 import json
-import time
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..core import catalog
 from ..core.errors import InputFileError
 from ..core.evaluation import PREDICTION_SCHEMA, metric_rows
-from ..core.files import atomic_path, config_hash, file_fingerprints
+from ..core.files import config_hash, file_fingerprints
 from ..core.models.sequence import Variant
-from ..core.prediction import model_answerer, predict_items
+from ..core.prediction import evaluate, model_answerer
 from ..core.reports import study_plot, variant_plot
 from ..core.tables import markdown_table
 from ..core.training.checkpoints import CheckpointError, complete_checkpoints, validate_checkpoint
@@ -90,35 +88,18 @@ def predictions(context: dg.AssetExecutionContext, config: EvaluationSettings, p
 
     adapter = load_adapter(folder)
     images = ImageCache()
-    vocabulary = _vocabulary(paths, items)
-    tables, speed = [], {}
-    for variant in variants:
-        started = time.perf_counter()
-
-        def progress(done: int, total: int, label=variant.name) -> None:
-            context.log.info(f"{name} {task} {label}: {done}/{total} items")
-
-        try:
-            table, answered = predict_items(
-                model_answerer(adapter, variant, images, config.max_new_tokens), items,
-                paths.predictions / name / variant.name / task, name, variant.name, config.batch_size,
-                vocabulary=vocabulary, progress=progress, items_version=version,
-            )  # fmt: skip
-        except InputFileError as e:
-            raise dg.Failure(str(e)) from e
-        if answered:
-            speed[f"items_per_s_{variant.name}"] = round(answered / (time.perf_counter() - started), 1)
-        tables.append(table)
-    result = pa.concat_tables(tables)
-    path = paths.predictions / name / f"{task}.parquet"
-    with atomic_path(path) as tmp:
-        pq.write_table(result, tmp, compression="zstd")
-    accuracy = {f"accuracy_{t.column('variant')[0].as_py()}": round(100 * pc.mean(t.column("correct").cast(pa.float64())).as_py(), 2)
-                for t in tables if t.num_rows}  # fmt: skip
-    preview = (["variant", "accuracy %", "items"], [(k.removeprefix("accuracy_"), v, items.num_rows) for k, v in accuracy.items()])
+    answerers = {v.name: model_answerer(adapter, v, images, config.max_new_tokens) for v in variants}
+    try:
+        result = evaluate(answerers, items, paths.predictions, name, task, config.batch_size,
+                          vocabulary=_vocabulary(paths, items), items_version=version, log=context.log.info)  # fmt: skip
+    except InputFileError as e:
+        raise dg.Failure(str(e)) from e
+    accuracy = result.accuracy()
+    preview = (["variant", "accuracy %", "items"], [(v, a, items.num_rows) for v, a in accuracy.items()])
     return dg.MaterializeResult(
-        metadata={**table_metadata(row_count=result.num_rows, schema=PREDICTION_SCHEMA, uri=path, preview=preview),
-                  **accuracy, **speed},  # fmt: skip
+        metadata={**table_metadata(row_count=result.table.num_rows, schema=PREDICTION_SCHEMA, uri=result.path, preview=preview),
+                  **{f"accuracy_{v}": a for v, a in accuracy.items()},
+                  **{f"items_per_s_{v}": s for v, s in result.items_per_s.items()}},  # fmt: skip
         data_version=dg.DataVersion(config_hash({"items": version, "variants": config.variants, "checkpoint": name})),
     )
 
@@ -151,6 +132,7 @@ def eval_metrics(context: dg.AssetExecutionContext, paths: MimicPaths) -> dg.Mat
     metrics = pa.Table.from_pylist(metric_rows(preds))
     # every variant of this (checkpoint, task) at once
     catalog.replace_rows(paths.catalog, "eval_metrics", {"checkpoint": name, "task": task}, metrics)
+    catalog.create_parquet_views(paths.catalog, "prediction_views", paths.predictions)
     cols, rows = catalog.query(paths.catalog, catalog.named_queries("evaluation")["checkpoint_summary"], {"checkpoint": name, "task": task})
     return dg.MaterializeResult(metadata={**table_metadata(row_count=metrics.num_rows, preview=(cols, rows)),
                                           "variants": json.dumps(sorted(set(preds.column("variant").to_pylist())))})  # fmt: skip
