@@ -30,15 +30,21 @@ def copy_in(folder, done: bool = True):
         (folder / "DONE").write_text("copied\n")
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    data = tmp_path_factory.mktemp("data")
+def prepare_eval_sets(data, items_per_cell: int = 3):
+    """A small shapes world, its index and every task's eval set under `data` (through Dagster)."""
     defs = build_definitions(data_dir=str(data), sources=AnnotationSources())
     instance = dg.DagsterInstance.ephemeral()
     assert run(defs, instance, A.shapes_world, config={"n_eval_images": 300, "n_train_images": 100, "seed": 4}).success
     assert run(defs, instance, A.annotation_index, "shapes").success
     for task in TASKS:
-        assert run(defs, instance, D.eval_items, task, {"items_per_cell": 3}).success
+        assert run(defs, instance, D.eval_items, task, {"items_per_cell": items_per_cell}).success
+    return defs, instance
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    defs, instance = prepare_eval_sets(data)
     return defs, instance, data
 
 
