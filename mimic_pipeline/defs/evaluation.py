@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from ..core import catalog
 from ..core.errors import InputFileError
-from ..core.evaluation import PREDICTION_SCHEMA, metric_rows
+from ..core.evaluation import PREDICTION_SCHEMA, metric_rows, source_vocabulary
 from ..core.files import atomic_path, config_hash, file_fingerprints
 from ..core.models.sequence import Variant
 from ..core.prediction import model_answerer, predict_items
@@ -90,7 +90,7 @@ def predictions(context: dg.AssetExecutionContext, config: EvaluationSettings, p
 
     adapter = load_adapter(folder)
     images = ImageCache()
-    vocabulary = _vocabulary(paths, items)
+    vocabulary = source_vocabulary(paths.catalog, items)
     tables, speed = [], {}
     for variant in variants:
         started = time.perf_counter()
@@ -121,16 +121,6 @@ def predictions(context: dg.AssetExecutionContext, config: EvaluationSettings, p
                   **accuracy, **speed},  # fmt: skip
         data_version=dg.DataVersion(config_hash({"items": version, "variants": config.variants, "checkpoint": name})),
     )
-
-
-def _vocabulary(paths: MimicPaths, items: pa.Table) -> list[str] | None:
-    """The source's category names: a Common / Odd-One answer naming a second category is wrong."""
-    source = items.column("source")[0].as_py() if items.num_rows else None
-    try:
-        _, rows = catalog.query(paths.catalog, "select distinct name from categories where source = ?", [source])
-    except catalog.CatalogError:
-        return None
-    return [r[0] for r in rows] or None
 
 
 @dg.asset(
