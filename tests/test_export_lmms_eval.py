@@ -376,3 +376,16 @@ def test_lmms_eval_itself_runs_the_exported_group(pipeline):
         assert {m: results[f"mimic_{task}"][f"{m},none"] for m in utils.METRICS[task]} == expected[task]
     assert expected["counting"]["mimic_score"] > 0
     assert results["mimic"]["mimic_score,none"] == pytest.approx(sum(e["mimic_score"] for e in expected.values()) / 4)
+
+
+def test_without_a_catalogue_the_export_scores_without_vocabulary_and_says_so(pipeline, tmp_path):
+    data, _, _, _ = pipeline
+    bare = copy_eval_set(data, tmp_path / "generated", "common")  # as `mimic generate` leaves it: no mimic.duckdb
+    result = X.export_lmms_eval(bare, tmp_path / "out", tasks=["common"])
+    assert result.vocabulary.startswith(f"none for some tasks (no catalogue at {bare.resolve()}/mimic.duckdb")
+    ds = load_task_dataset(tmp_path / "out", "common")
+    assert set(map(tuple, ds["vocabulary"])) == {()}
+    utils = load_utils(tmp_path / "out")
+    hedge = f"{ds[0]['gt']} or {next(v for v in DEFAULT_TAXONOMY['polygon'] if v != ds[0]['gt'])}"
+    assert utils.score_item(ds[0], hedge).correct is True  # as the pipeline scores without a vocabulary
+    assert scoring.score_answer("common", hedge, {"answer": ds[0]["gt"], "query": []}, None).correct is True
