@@ -3,6 +3,7 @@
     mimic demo                 materialize every asset on the embedded shapes world, through Dagster
     mimic query "select ..."   answer from the catalogue (read-only)
     mimic generate --coco ...  write the benchmark's item sets from annotation files, without Dagster
+    mimic export lmms-eval     write the eval sets as lmms-eval tasks (Parquet with images, YAML, utils.py)
     mimic ui                   start the Dagster webserver + daemon on this project
 """
 
@@ -212,6 +213,38 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export_lmms_eval(args) -> int:
+    """The eval sets of the data folder as lmms-eval tasks; the work is in core/export/lmms_eval.py."""
+    from tqdm import tqdm
+
+    from .core.errors import InputFileError
+    from .core.export.lmms_eval import DEFAULT_MAX_NEW_TOKENS, GROUP, export_lmms_eval
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(task: str, done: int, total: int) -> None:
+        bar = bars.get(task)
+        if bar is None:
+            bar = bars[task] = tqdm(total=total, desc=task, unit="item")
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+
+    tasks = args.tasks.split(",") if args.tasks else None
+    max_new_tokens = DEFAULT_MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
+    try:
+        result = export_lmms_eval(_data_dir(args), args.out, tasks, max_new_tokens, progress)
+    except (InputFileError, ValueError, RuntimeError) as e:
+        print(f"mimic export lmms-eval: {e}", file=sys.stderr)
+        return 1
+    for t in result.tasks:
+        print(f"  {GROUP}_{t.task}: {t.items} items, {t.images} images -> {t.parquet}")
+    print(f"scoring vocabulary: {result.vocabulary}")
+    print(f"lmms-eval tasks in {result.out}; run them with:\n"
+          f"  lmms_eval --model <model> --model_args <args> --include_path {result.out} --tasks {GROUP}")  # fmt: skip
+    return 0
+
+
 def cmd_ui(args) -> int:
     data_dir = _data_dir(args)
     os.environ["MIMIC_DATA_DIR"] = data_dir
@@ -277,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--paper", action="store_true", help="the paper's LoRA settings (lr 2.5e-5, r 128) for real models")
     t.add_argument("--heldout", type=int, default=200, help="items held out and answered before / after training")
     t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("export", help="write the benchmark in another tool's format")
+    xsub = x.add_subparsers(dest="format", required=True)
+    le = xsub.add_parser("lmms-eval", help="the eval sets as lmms-eval tasks: Parquet with the images embedded, "
+                                           "task YAML, a group `mimic`, and utils.py with MIMIC's scoring")  # fmt: skip
+    le.add_argument("--out", required=True, help="folder to write (replaced whole; a new, empty or earlier export folder)")
+    le.add_argument("--data-dir", help="where the eval sets are (default: $MIMIC_DATA_DIR or ./data)")
+    le.add_argument("--tasks", help="comma-separated tasks (default: counting,listing,common,odd_one)")
+    le.add_argument("--max-new-tokens", type=int, help="generation limit written into the task YAML (default 64)")
+    le.set_defaults(func=cmd_export_lmms_eval)
 
     u = sub.add_parser("ui", help="start the Dagster webserver and daemon on this project")
     u.add_argument("--data-dir", help="artefact folder (default: $MIMIC_DATA_DIR or ./data)")

@@ -23,6 +23,17 @@ def run(defs, instance, asset, partition=None, config=None):
     )  # fmt: skip
 
 
+def shapes_eval_sets(data, items_per_cell: int, world: dict | None = None):
+    """A shapes world, its index in the catalogue and the four eval sets in `data`, through Dagster."""
+    defs = build_definitions(data_dir=str(data), sources=AnnotationSources())
+    instance = dg.DagsterInstance.ephemeral()
+    assert run(defs, instance, A.shapes_world, config=world or {"n_eval_images": 300, "n_train_images": 100, "seed": 4}).success
+    assert run(defs, instance, A.annotation_index, "shapes").success
+    for task in ("counting", "listing", "common", "odd_one"):
+        assert run(defs, instance, D.eval_items, task, {"items_per_cell": items_per_cell}).success
+    return defs, instance
+
+
 def checks(result) -> dict[str, bool]:
     return {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
 

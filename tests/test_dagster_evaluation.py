@@ -9,15 +9,11 @@ import pytest
 from mimic_pipeline.core import catalog
 from mimic_pipeline.core.models.tiny import TinyModelConfig, build_tiny_checkpoint
 from mimic_pipeline.core.shapes_world import DEFAULT_TAXONOMY
-from mimic_pipeline.defs import annotations as A
 from mimic_pipeline.defs import attention as AT
-from mimic_pipeline.defs import datasets as D
 from mimic_pipeline.defs import evaluation as E
-from mimic_pipeline.defs.build import build_definitions
 from mimic_pipeline.defs.partitions import checkpoint_partitions
-from mimic_pipeline.defs.resources import AnnotationSources
 
-from .test_dagster_datasets import run
+from .test_dagster_datasets import run, shapes_eval_sets
 
 TASKS = ["counting", "listing", "common", "odd_one"]
 SMALL = TinyModelConfig(vision_hidden=32, text_hidden=32, text_layers=2, text_heads=2, text_kv_heads=1)
@@ -30,21 +26,10 @@ def copy_in(folder, done: bool = True):
         (folder / "DONE").write_text("copied\n")
 
 
-def prepare_eval_sets(data, items_per_cell: int = 3):
-    """A small shapes world, its index and every task's eval set under `data` (through Dagster)."""
-    defs = build_definitions(data_dir=str(data), sources=AnnotationSources())
-    instance = dg.DagsterInstance.ephemeral()
-    assert run(defs, instance, A.shapes_world, config={"n_eval_images": 300, "n_train_images": 100, "seed": 4}).success
-    assert run(defs, instance, A.annotation_index, "shapes").success
-    for task in TASKS:
-        assert run(defs, instance, D.eval_items, task, {"items_per_cell": items_per_cell}).success
-    return defs, instance
-
-
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
-    defs, instance = prepare_eval_sets(data)
+    defs, instance = shapes_eval_sets(data, items_per_cell=3)
     return defs, instance, data
 
 

@@ -143,10 +143,11 @@ def test_a_backfill_of_every_checkpoint_and_task_runs_in_parallel_with_no_duckdb
 
     from mimic_pipeline.core import catalog
 
-    from .test_dagster_evaluation import TASKS, copy_in, prepare_eval_sets
+    from .test_dagster_datasets import shapes_eval_sets
+    from .test_dagster_evaluation import TASKS, copy_in
 
     data = tmp_path / "data"
-    prepare_eval_sets(data, items_per_cell=2)
+    shapes_eval_sets(data, items_per_cell=2)
     names = ["ckpt_a", "ckpt_b"]
     for name in names:
         copy_in(data / "checkpoints" / name)

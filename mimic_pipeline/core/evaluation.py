@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import pyarrow as pa
 
+from . import catalog
 from .scoring import aggregate, score_answer
 
 PREDICTION_SCHEMA = pa.schema([
@@ -24,6 +26,19 @@ METRIC_KEYS = {
     "counting": ["accuracy"], "common": ["accuracy"], "odd_one": ["accuracy"], "presence": ["accuracy"],
     "listing": ["accuracy", "micro_precision", "micro_recall", "micro_f1", "mean_item_f1"],
 }  # fmt: skip
+
+
+def source_vocabulary(catalog_file: str | Path, items: pa.Table) -> list[str] | None:
+    """The category names of the items' source in the catalogue, sorted, or None without a catalogue.
+
+    Scoring takes them as `vocabulary`: a Common / Odd-One answer naming a second category is wrong.
+    """
+    source = items.column("source")[0].as_py() if items.num_rows else None
+    try:
+        _, rows = catalog.query(catalog_file, "select distinct name from categories where source = ? order by name", [source])
+    except catalog.CatalogError:
+        return None
+    return [r[0] for r in rows] or None
 
 
 def score_predictions(

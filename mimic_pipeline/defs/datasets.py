@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from ..core import catalog
 from ..core.baselines import BASELINES, baseline_answerer
-from ..core.evaluation import metric_rows
+from ..core.evaluation import metric_rows, source_vocabulary
 from ..core.files import config_hash, file_fingerprints
 from ..core.prediction import evaluate
 from ..core.sampling.balance import answer_balance
@@ -289,8 +289,9 @@ def baseline_scores(context: dg.AssetExecutionContext, config: EvalSetSettings, 
     items = pq.read_table(path)
     index = _load_index(context, paths, items.column("source")[0].as_py(), items.column("split")[0].as_py())
     version = config_hash({"items": file_fingerprints({"items": path}), "seed": config.seed})
+    vocabulary = source_vocabulary(paths.catalog, items)  # the names checkpoints are scored with
     tables = [evaluate({"default": baseline_answerer(name, items, index, config.seed)}, items, paths.predictions, name,
-                       task, vocabulary=index.names, items_version=version).table for name in BASELINES]  # fmt: skip
+                       task, vocabulary=vocabulary, items_version=version).table for name in BASELINES]  # fmt: skip
     predictions = pa.concat_tables(tables)
     metrics = pa.Table.from_pylist(metric_rows(predictions))
     for name in BASELINES:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from ..core import catalog
 from ..core.errors import InputFileError
-from ..core.evaluation import PREDICTION_SCHEMA, metric_rows
+from ..core.evaluation import PREDICTION_SCHEMA, metric_rows, source_vocabulary
 from ..core.files import config_hash, file_fingerprints
 from ..core.models.sequence import Variant
 from ..core.prediction import evaluate, model_answerer
@@ -91,7 +91,7 @@ def predictions(context: dg.AssetExecutionContext, config: EvaluationSettings, p
     answerers = {v.name: model_answerer(adapter, v, images, config.max_new_tokens) for v in variants}
     try:
         result = evaluate(answerers, items, paths.predictions, name, task, config.batch_size,
-                          vocabulary=_vocabulary(paths, items), items_version=version, log=context.log.info)  # fmt: skip
+                          vocabulary=source_vocabulary(paths.catalog, items), items_version=version, log=context.log.info)  # fmt: skip
     except InputFileError as e:
         raise dg.Failure(str(e)) from e
     accuracy = result.accuracy()
@@ -102,16 +102,6 @@ def predictions(context: dg.AssetExecutionContext, config: EvaluationSettings, p
                   **{f"items_per_s_{v}": s for v, s in result.items_per_s.items()}},  # fmt: skip
         data_version=dg.DataVersion(config_hash({"items": version, "variants": config.variants, "checkpoint": name})),
     )
-
-
-def _vocabulary(paths: MimicPaths, items: pa.Table) -> list[str] | None:
-    """The source's category names: a Common / Odd-One answer naming a second category is wrong."""
-    source = items.column("source")[0].as_py() if items.num_rows else None
-    try:
-        _, rows = catalog.query(paths.catalog, "select distinct name from categories where source = ?", [source])
-    except catalog.CatalogError:
-        return None
-    return [r[0] for r in rows] or None
 
 
 @dg.asset(

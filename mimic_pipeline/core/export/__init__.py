@@ -1,0 +1,1 @@
+"""Exports of the benchmark to other tools' formats (plain Python, no Dagster)."""
