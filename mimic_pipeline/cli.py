@@ -5,6 +5,7 @@
     mimic generate --coco ...  write the benchmark's item sets from annotation files, without Dagster
     mimic export lmms-eval     write the eval sets as lmms-eval tasks (Parquet with images, YAML, utils.py)
     mimic ui                   start the Dagster webserver + daemon on this project
+    mimic fiftyone --task T    browse an eval set (and a checkpoint's answers) in FiftyOne (extra [fiftyone])
 """
 
 from __future__ import annotations
@@ -257,6 +258,53 @@ def cmd_ui(args) -> int:
     return subprocess.call(cmd, cwd=PROJECT_ROOT, env=env)
 
 
+def cmd_fiftyone(args) -> int:
+    """Build (or rebuild) the FiftyOne dataset of one eval set; with --launch, serve the App until Ctrl-C."""
+    from tqdm import tqdm
+
+    from .core.errors import InputFileError
+    from .core.fiftyone_view import FiftyOneMissing, build_dataset, launch
+
+    bar: tqdm | None = None
+
+    def progress(stage: str, done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=f"mimic fiftyone: {stage}", unit="sample")
+        bar.update(done - bar.n)
+
+    data_dir = _data_dir(args)
+    try:
+        dataset, spec = build_dataset(data_dir, args.task, args.checkpoint, args.variant, progress=progress)
+    except (InputFileError, FiftyOneMissing, ValueError) as e:
+        print(f"mimic fiftyone: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if bar is not None:
+            bar.close()
+    for note in spec.notes[:10]:
+        print(f"  note: {note}")
+    if len(spec.notes) > 10:
+        print(f"  ... and {len(spec.notes) - 10} more notes")
+    print(f"FiftyOne dataset {dataset.name!r}: {spec.n_items} items (groups), {len(spec.records)} images, "
+          f"slices {spec.slices[0]}..{spec.slices[-1]}")  # fmt: skip
+    example = ('(F("axis") == "spread") & (F("correct") == False)' if args.checkpoint else 'F("axis") == "spread"')
+    print(f"  in Python: import fiftyone as fo; from fiftyone import ViewField as F\n"
+          f"             ds = fo.load_dataset({dataset.name!r}); ds.match({example})")
+    if not args.launch:
+        print(f"  browse it: mimic fiftyone --task {args.task}"
+              + (f" --checkpoint {args.checkpoint} --variant {spec.variant}" if args.checkpoint else "") + " --launch")
+        return 0
+    session, url = launch(dataset, args.port, args.host)
+    print(f"FiftyOne App on {url}  (Ctrl-C to stop)", flush=True)
+    try:
+        session.wait(-1)
+    except KeyboardInterrupt:
+        pass
+    print("stopped")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mimic", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -326,6 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=3000)
     u.set_defaults(func=cmd_ui)
+
+    f = sub.add_parser("fiftyone", help="browse an eval set and a checkpoint's answers in FiftyOne (extra [fiftyone])")
+    f.add_argument("--task", required=True, help="counting, listing, common or odd_one")
+    f.add_argument("--checkpoint", help="add this checkpoint's answers (predictions/<checkpoint>/<task>.parquet)")
+    f.add_argument("--variant", help="evaluation variant of the predictions (default pool1, or the only one)")
+    f.add_argument("--data-dir", help="artefact folder (default: $MIMIC_DATA_DIR or ./data)")
+    f.add_argument("--launch", action="store_true", help="serve the FiftyOne App until Ctrl-C")
+    f.add_argument("--host", default="127.0.0.1", help="address the App listens on (default 127.0.0.1)")
+    f.add_argument("--port", type=int, default=5151, help="App port (default 5151)")
+    f.set_defaults(func=cmd_fiftyone)
     return p
 
 
