@@ -23,6 +23,7 @@ def build_definitions(data_dir: str | None = None, sources: AnnotationSources | 
                 datasets.eval_items, datasets.train_items, datasets.single_image_items, datasets.baseline_scores,
                 *training.TRAINING_ASSETS, training.checkpoints, evaluation.predictions, evaluation.eval_metrics,
                 evaluation.evaluation_report, attention.attention_stats],
+        jobs=[training.training_job],
         sensors=[evaluation.checkpoint_sensor],
         schedules=[evaluation.refresh_reports],
         resources={

@@ -163,6 +163,12 @@ lora_masked_checkpoint = _training_asset("lora_masked", [base_checkpoint, ALL_TR
     "`lora` with the layer-wise attention mask on the second half of the language model: vision tokens "
     "attend only to their own image there (block-diagonal, computed per image block). Checkpoint `lora_masked`."))  # fmt: skip
 TRAINING_ASSETS = [base_checkpoint, full_ft_checkpoint, lora_checkpoint, lora_masked_checkpoint]
+TRAINING_RUN_TAG = {"mimic/stage": "training"}  # a run tag: the cluster's run queue limits these runs (docs/deployment.md)
+training_job = dg.define_asset_job(
+    "train_checkpoints", selection=dg.AssetSelection.assets(*TRAINING_ASSETS), tags=TRAINING_RUN_TAG,
+    description="The training assets (select the ones to run in the Launchpad); its runs carry the run tag "
+                "mimic/stage=training, which a deployment's run queue can limit (GPU jobs at once).",
+)  # fmt: skip
 
 
 @dg.asset(
