@@ -4,6 +4,11 @@ Each training asset runs one recipe (core/training/recipes.py) and writes a chec
 under `checkpoints/<name>` (DONE last), then adds `<name>` to the dynamic partition set
 `checkpoint`, over which evaluation is partitioned. The `checkpoints` asset keeps the DuckDB table
 of the same name in step with the folder, so checkpoints a user copies in are listed too.
+
+A training asset trains in its own process (`launcher: in_process`) or starts `mimic train` under
+`accelerate launch` as an external job through the `training_pipes` Pipes client (`launcher:
+pipes`; a local subprocess, or a GPU pod on Kubernetes: defs/k8s.py); either way the checkpoint
+and the reported metadata are the same (core/training/launch.py, core/training/summary.py).
 """
 
 import json
