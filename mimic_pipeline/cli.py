@@ -170,38 +170,18 @@ def cmd_generate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    """One recipe outside Dagster; runs under `accelerate launch` unchanged (multi-GPU or multi-process CPU)."""
+    """One recipe outside Dagster; runs under `accelerate launch` unchanged (multi-GPU or multi-process CPU).
+
+    Started by a Dagster Pipes client (a training asset with `launcher: pipes`), the main process
+    streams progress to the run's log and reports the checkpoint as the asset's materialization;
+    an error goes back through Pipes too, so the asset fails with it.
+    """
     from .core.errors import InputFileError
-    from .core.training.recipes import configured_recipe
-    from .core.training.trainer import run_recipe
+    from .core.training.launch import pipes_training
 
-    datasets = Path(_data_dir(args)) / "datasets"
-    single = [Path(p) for p in args.single_image] or [datasets / "single_image" / "items.parquet"]
-    multi = [Path(p) for p in args.train] or sorted((datasets / "train").glob("*.parquet"))
-    if args.recipe == "base":
-        multi = []
     try:
-        recipe = configured_recipe(args.recipe, args.steps_scale, json.loads(args.overrides or "{}"), paper=args.paper)
-        if args.recipe != "base" and not args.base:
-            raise ValueError(f"recipe {args.recipe} fine-tunes a checkpoint: give --base DIR")
-        if recipe.single_image_share == 0:
-            single = []
-
-        from tqdm import tqdm
-
-        bars: dict[str, tqdm] = {}
-
-        def progress(stage: str, step: int, total: int, loss: float) -> None:
-            """A progress bar per stage with the running loss (a resumed run starts at its saved step)."""
-            bar = bars.get(stage)
-            if bar is None:
-                bar = bars[stage] = tqdm(total=total, initial=step - 1, desc=f"{args.recipe}: {stage}", unit="step")
-            bar.update(step - bar.n)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            if step == total:
-                bar.close()
-
-        result = run_recipe(recipe, args.out, single, multi, base=args.base, n_heldout=args.heldout, progress=progress)
+        with pipes_training(args.recipe) as pipes:
+            result = _train(args, pipes)
     except (ValueError, InputFileError) as e:
         print(f"mimic train: {e}", file=sys.stderr)
         return 2
@@ -212,6 +192,46 @@ def cmd_train(args) -> int:
     for when, acc in result.heldout_accuracy.items():
         print(f"  held-out accuracy {when}: " + ", ".join(f"{k} {v}" for k, v in acc.items()))
     return 0
+
+
+def _train(args, pipes):
+    from .core.training.recipes import configured_recipe
+    from .core.training.trainer import run_recipe
+
+    datasets = Path(_data_dir(args)) / "datasets"
+    single = [Path(p) for p in args.single_image] or [datasets / "single_image" / "items.parquet"]
+    multi = [Path(p) for p in args.train] or sorted((datasets / "train").glob("*.parquet"))
+    if args.recipe == "base":
+        multi = []
+    recipe = configured_recipe(args.recipe, args.steps_scale, json.loads(args.overrides or "{}"), paper=args.paper)
+    if args.recipe != "base" and not args.base:
+        raise ValueError(f"recipe {args.recipe} fine-tunes a checkpoint: give --base DIR")
+    if recipe.single_image_share == 0:
+        single = []
+    progress = pipes.progress(Path(args.out).name) if pipes else _progress_bars(args.recipe)
+    result = run_recipe(recipe, args.out, single, multi, base=args.base, n_heldout=args.heldout, progress=progress,
+                        names=pipes.names if pipes else None, lineage=pipes.lineage if pipes else None)  # fmt: skip
+    if pipes and result.main_process:
+        pipes.report(Path(args.out))
+    return result
+
+
+def _progress_bars(recipe: str):
+    """A progress bar per stage with the running loss (a resumed run starts at its saved step)."""
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, step: int, total: int, loss: float) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, initial=step - 1, desc=f"{recipe}: {stage}", unit="step")
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if step == total:
+            bar.close()
+
+    return progress
 
 
 def cmd_export_lmms_eval(args) -> int:

@@ -10,6 +10,10 @@ import dagster as dg
 import pytest
 
 from mimic_pipeline.core import catalog
+from mimic_pipeline.core.training.checkpoints import validate_checkpoint
+from mimic_pipeline.core.training.data import ItemPool
+from mimic_pipeline.core.training.recipes import configured_recipe
+from mimic_pipeline.core.training.trainer import TrainingData, staging_dir, train_checkpoint
 from mimic_pipeline.defs import annotations as A
 from mimic_pipeline.defs import datasets as D
 from mimic_pipeline.defs import training as T
@@ -100,3 +104,83 @@ def test_bad_training_config_fails_with_the_fix(pipeline):
     assert not missing.success and "materialize base_checkpoint first" in str(missing.all_events)
     name = run(defs, instance, T.full_ft_checkpoint, config={**QUICK, "checkpoint_name": "has space"})
     assert not name.success and "becomes a partition key" in str(name.all_events)
+
+
+# --- training as an external `accelerate launch` job through Dagster Pipes --------------------------
+
+PIPES_2 = {**QUICK, "launcher": "pipes", "processes": 2}
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_two_process_training_through_pipes_matches_in_process_training(pipeline):
+    """`launcher: pipes` runs `accelerate launch --num_processes 2 ... mimic train` as a subprocess: the run
+    succeeds, logs and the materialization come back through Pipes, and the checkpoint is built like
+    the in-process one (same files, same metadata fields, same vocabulary)."""
+    defs, instance, data, in_process = pipeline
+    result = run(defs, instance, T.base_checkpoint, config={**PIPES_2, "checkpoint_name": "base_pipes"})
+    assert result.success
+    ckpts = data / "checkpoints"
+    meta = validate_checkpoint(ckpts / "base_pipes")
+    reference = validate_checkpoint(ckpts / "base")
+    assert meta["processes"] == 2 and reference["processes"] == 1 and meta["steps"] == reference["steps"] == 2
+    assert _files(ckpts / "base_pipes") == _files(ckpts / "base") and sorted(meta) == sorted(reference)
+    assert meta["dagster_run_id"] == result.run_id and meta["base_checkpoint"] is None
+    assert (ckpts / "base_pipes" / "tokenizer.json").read_text() == (ckpts / "base" / "tokenizer.json").read_text()
+    assert not staging_dir(ckpts / "base_pipes").exists()
+    # the metadata came from the job (through Pipes) and has the in-process keys and values' kinds
+    md, ref = materialization(result, T.base_checkpoint), materialization(in_process, T.base_checkpoint)
+    assert sorted(md) == sorted(ref)
+    assert {k: type(v).__name__ for k, v in md.items()} == {k: type(v).__name__ for k, v in ref.items()}
+    assert md["processes"].value == 2 and md["steps"].value == 2 and md["checkpoint"].value == "base_pipes"
+    assert md["loss_curve"].value.startswith("![training loss of base_pipes](data:image/png;base64,")
+    assert 0 <= md["heldout_accuracy_after"].value <= 100
+    logs = [e.message for e in instance.all_logs(result.run_id)]
+    assert any("[pipes] external process successfully opened dagster pipes" in m for m in logs)
+    assert any("base_pipes training: step 2/2" in m for m in logs)  # progress streamed from the job
+    assert "base_pipes" in instance.get_dynamic_partitions(checkpoint_partitions.name)
+
+
+def test_a_failed_training_job_fails_the_asset_with_its_error_and_keeps_the_good_checkpoint(pipeline):
+    defs, instance, data, _ = pipeline
+    ckpts = data / "checkpoints"
+    shutil.copytree(ckpts / "base", ckpts / "good")
+    before = {name: (ckpts / "good" / name).read_bytes() for name in _files(ckpts / "good")}
+    # a recipe field only the job can check: the tiny LM has 4 layers, so layers 7-9 do not exist
+    bad = run(defs, instance, T.base_checkpoint,
+              config={**PIPES_2, "checkpoint_name": "good", "overrides_json": json.dumps({"masked_layers": "7-9"})})  # fmt: skip
+    assert not bad.success
+    failure = next(e for e in bad.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.step_failure_data.error.message
+    assert "the training job failed: ValueError: recipe base: masked_layers='7-9'" in message, message
+    validate_checkpoint(ckpts / "good")
+    assert {name: (ckpts / "good" / name).read_bytes() for name in _files(ckpts / "good")} == before
+    assert not [p.name for p in ckpts.iterdir() if p.name.startswith(".good")]  # no half-swapped folder
+
+
+def test_a_pipes_training_job_resumes_from_the_staging_state(pipeline):
+    """A run stopped after step 1 (in process) is finished by a two-process job through Pipes, from step 1."""
+    defs, instance, data, _ = pipeline
+    ckpts = data / "checkpoints"
+    overrides = json.dumps({"save_every": 1})
+    recipe = configured_recipe("full_ft", QUICK["steps_scale"], json.loads(overrides))
+    items = TrainingData(ItemPool.from_parquet(sorted((data / "datasets" / "train").glob("*.parquet"))),
+                         ItemPool.from_parquet([data / "datasets" / "single_image" / "items.parquet"]))  # fmt: skip
+    stopped = train_checkpoint(recipe, ckpts / "resumed", items, base=ckpts / "base", stop_after=1)
+    assert stopped.steps == 1 and not (ckpts / "resumed").exists()
+    result = run(defs, instance, T.full_ft_checkpoint,
+                 config={**PIPES_2, "checkpoint_name": "resumed", "overrides_json": overrides})  # fmt: skip
+    assert result.success
+    meta = validate_checkpoint(ckpts / "resumed")
+    assert meta["steps"] == 2 and meta["processes"] == 2 and meta["loss_curve"][0] == stopped.losses[0]
+    assert not staging_dir(ckpts / "resumed").exists()
+
+
+def test_launcher_settings_are_checked_before_anything_runs(pipeline):
+    defs, instance, _, _ = pipeline
+    many = run(defs, instance, T.full_ft_checkpoint, config={**QUICK, "processes": 2})
+    assert not many.success and "more with launcher 'pipes'" in str(many.all_events)
+    unknown = run(defs, instance, T.full_ft_checkpoint, config={**QUICK, "launcher": "slurm"})
+    assert not unknown.success and "use in_process or pipes" in str(unknown.all_events)

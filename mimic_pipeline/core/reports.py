@@ -27,6 +27,14 @@ def _pyplot():
     return plt
 
 
+def png_markdown(path: str | Path, alt: str) -> str:
+    """A PNG as an inline Markdown image (a data URI: the Dagster UI does not render a bare path)."""
+    import base64
+
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"![{alt}](data:image/png;base64,{data})"
+
+
 def _save(fig, path: str | Path) -> Path:
     """Write the figure as a PNG atomically and release it."""
     fig.tight_layout()

@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 
+from ..core.reports import png_markdown
 from ..core.tables import markdown_table
 
 _ARROW_TO_SQL = {
@@ -42,7 +43,4 @@ def table_metadata(
 
 def image_markdown(path: str | Path, alt: str) -> dg.MetadataValue:
     """A PNG shown inline in the UI's metadata panel (embedded as a data URI; the path alone is not rendered)."""
-    import base64
-
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
+    return dg.MetadataValue.md(png_markdown(path, alt))

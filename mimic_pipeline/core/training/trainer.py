@@ -191,7 +191,7 @@ def train_checkpoint(
     if heldout is not None and build_base is None and accelerator.is_main_process:
         accuracy["before"] = heldout_accuracy(adapter, heldout)
     if recipe.vision_pretrain_steps and data.single_image is not None:
-        pretrain_vision(adapter, data.single_image, recipe, ImageCache(), staging, progress)
+        pretrain_vision(adapter, data.single_image, recipe, ImageCache(), staging, progress if accelerator.is_main_process else None)
     _configure(adapter, recipe)
     adapter.model.train()
     optimizer, scheduler = _optimizer(adapter, recipe, recipe.steps)

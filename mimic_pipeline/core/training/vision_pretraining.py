@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import atomic_path
 from .data import ImageCache, ItemPool
 
 
@@ -58,7 +59,8 @@ def pretrain_vision(adapter, pool: ItemPool, recipe, images: ImageCache, staging
         raise ValueError("vision pre-training needs single-image counting items; the pool has none")
     head, losses = _train_tower(adapter, pool, names, rows, recipe, images, progress)
     _align_projector(adapter, pool, names, rows, head, recipe, images)
-    torch.save({"tower": model.vision_tower.state_dict(), "projector": model.multi_modal_projector.state_dict()}, done)
+    with atomic_path(done) as tmp:  # every process of a multi-process run writes it; a reader never sees half
+        torch.save({"tower": model.vision_tower.state_dict(), "projector": model.multi_modal_projector.state_dict()}, tmp)
     return losses
 
 
