@@ -129,3 +129,31 @@ def test_attention_stats_of_a_masked_checkpoint_show_no_cross_image_attention_in
                          "checkpoint = 'masked_copy' group by all")[1]  # fmt: skip
     assert all(abs(total - 1) < 1e-6 for _, _, total in sums)
     assert (data / "plots" / "attention" / "masked_copy.png").exists()
+
+
+def test_a_dropped_in_qwen2_vl_checkpoint_runs_every_default_variant_it_can(pipeline):
+    """Automatic evaluation uses the default variants; Qwen2-VL cannot pool, so pool4 is skipped, not fatal."""
+    import json
+
+    from .test_models import build_tiny_qwen2_vl
+
+    defs, instance, data = pipeline
+    folder = data / "checkpoints" / "qwen_copy"
+    build_tiny_qwen2_vl(folder)
+    (folder / "DONE").write_text("copied\n")
+    instance.add_dynamic_partitions(checkpoint_partitions.name, ["qwen_copy"])
+    result = run(defs, instance, E.predictions, dg.MultiPartitionKey({"checkpoint": "qwen_copy", "task": "common"}),
+                 {"max_new_tokens": 2})  # fmt: skip
+    assert result.success
+    md = result.asset_materializations_for_node("predictions")[0].metadata
+    assert json.loads(md["skipped_variants"].value) == ["pool4"] and md["device"].value == "cpu"
+    logs = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any("skipped variant pool4: vision-token pooling is implemented for LLaVA-OneVision" in m for m in logs)
+    n_items = catalog.query(data / "mimic.duckdb", "select count(*) from eval_items where task = 'common'")[1][0][0]
+    variants = catalog.query(data / "mimic.duckdb", f"select variant, count(*) from read_parquet('{folder.parent.parent}"
+                             "/predictions/qwen_copy/common.parquet') group by 1 order by 1")[1]  # fmt: skip
+    assert variants == [("pixels4", n_items), ("pool1", n_items)]
+
+    bad = run(defs, instance, E.predictions, dg.MultiPartitionKey({"checkpoint": "qwen_copy", "task": "listing"}),
+              {"variants": ["pool4"]})  # fmt: skip
+    assert not bad.success and "none of the variants ['pool4'] runs on this architecture" in str(bad.all_events)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mimic_pipeline.core.models.adapters import AdapterError, ModelInput, Qwen2VLAdapter, load_adapter
+from mimic_pipeline.core.models.adapters import AdapterError, ModelInput, Qwen2VLAdapter, load_adapter, resolve_device
 from mimic_pipeline.core.models.sequence import Variant, apply_to_images, pixel_control, pool_tokens, stitch
 from mimic_pipeline.core.models.tiny import TinyModelConfig, build_tiny_checkpoint
 from mimic_pipeline.core.models.vocabulary import build_tokenizer
@@ -155,8 +155,7 @@ def test_loading_errors_name_the_file_and_the_fix(tmp_path, tiny):
 # -- Qwen2-VL --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def qwen(tmp_path_factory):
+def build_tiny_qwen2_vl(out):
     """A tiny random Qwen2-VL with the project tokenizer (its special tokens added) saved as a directory."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -177,12 +176,16 @@ def qwen(tmp_path_factory):
     )  # fmt: skip
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(config)
-    out = tmp_path_factory.mktemp("qwen") / "model"
     model.save_pretrained(out)
     tok.save_pretrained(out)
     Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32,
                              max_pixels=64 * 64).save_pretrained(out)  # fmt: skip
     return out
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("qwen") / "model")
 
 
 def test_qwen2_vl_adapter_expands_each_image_to_its_grid(qwen):
@@ -200,6 +203,19 @@ def test_qwen2_vl_refuses_pooling_with_the_reason(qwen):
     adapter = load_adapter(qwen)
     with pytest.raises(AdapterError, match="2-D rotary grid"):
         adapter.encode([ModelInput([image(1)], "q")], Variant(pool=2))
+    assert "2-D rotary grid" in adapter.unsupported(Variant(pool=2))
+    assert adapter.unsupported(Variant(pixel_control=4)) is None and adapter.unsupported(Variant()) is None
+
+
+def test_device_and_dtype_resolve_to_the_cpu_in_float32_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device() == ("cpu", torch.float32)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device() == ("cuda", torch.bfloat16)
+    assert resolve_device("cpu", "auto") == ("cpu", torch.float32)
+    assert resolve_device("cuda:1", "float16") == ("cuda:1", torch.float16)
+    with pytest.raises(ValueError, match="dtype 'int8': use auto, float32, bfloat16 or float16"):
+        resolve_device("cpu", "int8")
 
 
 # -- sequence-length tools ----------------------------------------------------------------------

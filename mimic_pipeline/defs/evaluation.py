@@ -43,6 +43,8 @@ class EvaluationSettings(dg.Config):
     batch_size: int = 32
     max_new_tokens: int = 16  # the longest answer (four names of a Listing) is 8 tokens
     items_per_cell: int = 0  # answer only the first N items of every cell (0: all), for quick looks
+    device: str = "auto"  # auto: CUDA where a GPU is visible, else the CPU
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU
 
 
 def _items(paths: MimicPaths, task: str, per_cell: int) -> tuple[pa.Table, str]:
@@ -84,11 +86,23 @@ def predictions(context: dg.AssetExecutionContext, config: EvaluationSettings, p
     except (CheckpointError, ValueError) as e:
         raise dg.Failure(str(e)) from e
     items, version = _items(paths, task, config.items_per_cell)
-    from ..core.models.adapters import load_adapter
+    from ..core.models.adapters import load_adapter, resolve_device
 
-    adapter = load_adapter(folder)
+    try:
+        device, dtype = resolve_device(config.device, config.dtype)
+    except ValueError as e:
+        raise dg.Failure(str(e)) from e
+    adapter = load_adapter(folder, dtype=dtype, device=device)
+    # a variant the architecture cannot run (pooling on Qwen2-VL) is skipped, so automatic evaluation
+    # of a copied-in checkpoint still answers every variant it can
+    skipped = {v.name: reason for v in variants if (reason := adapter.unsupported(v))}
+    for reason in skipped.values():
+        context.log.warning(f"{name}: skipped {reason}")
+    if len(skipped) == len(variants):
+        raise dg.Failure(f"{name}: none of the variants {config.variants} runs on this architecture: "
+                         + " ".join(skipped.values()))  # fmt: skip
     images = ImageCache()
-    answerers = {v.name: model_answerer(adapter, v, images, config.max_new_tokens) for v in variants}
+    answerers = {v.name: model_answerer(adapter, v, images, config.max_new_tokens) for v in variants if v.name not in skipped}
     try:
         result = evaluate(answerers, items, paths.predictions, name, task, config.batch_size,
                           vocabulary=source_vocabulary(paths.catalog, items), items_version=version, log=context.log.info)  # fmt: skip
@@ -99,7 +113,8 @@ def predictions(context: dg.AssetExecutionContext, config: EvaluationSettings, p
     return dg.MaterializeResult(
         metadata={**table_metadata(row_count=result.table.num_rows, schema=PREDICTION_SCHEMA, uri=result.path, preview=preview),
                   **{f"accuracy_{v}": a for v, a in accuracy.items()},
-                  **{f"items_per_s_{v}": s for v, s in result.items_per_s.items()}},  # fmt: skip
+                  **{f"items_per_s_{v}": s for v, s in result.items_per_s.items()},
+                  "skipped_variants": json.dumps(sorted(skipped)), "device": device},  # fmt: skip
         data_version=dg.DataVersion(config_hash({"items": version, "variants": config.variants, "checkpoint": name})),
     )
 

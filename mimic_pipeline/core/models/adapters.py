@@ -87,6 +87,10 @@ class VisionLanguageAdapter:
     def image_token_id(self) -> int:
         return self.hf_model.config.image_token_id
 
+    def unsupported(self, variant: Variant) -> str | None:
+        """Why this architecture cannot run `variant`, or None when it can."""
+        return None
+
     def _vision(self, images_per_item: list[list[Image.Image]], variant: Variant):
         """(per item per image token counts, what `_model_inputs` needs)."""
         raise NotImplementedError
@@ -236,11 +240,16 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
 
     architecture = "qwen2_vl"
 
-    def _vision(self, images_per_item, variant):
+    def unsupported(self, variant: Variant) -> str | None:
         if variant.pool != 1:
-            raise AdapterError(f"variant {variant.name}: vision-token pooling is implemented for LLaVA-OneVision; "
-                               "Qwen2-VL places its tokens on a 2-D rotary grid that 1-D pooling would break. "
-                               "Use the pixel control or stitching with Qwen2-VL.")  # fmt: skip
+            return (f"variant {variant.name}: vision-token pooling is implemented for LLaVA-OneVision; Qwen2-VL places "
+                    "its tokens on a 2-D rotary grid that 1-D pooling would break. Use the pixel control or stitching "
+                    "with Qwen2-VL.")  # fmt: skip
+        return None
+
+    def _vision(self, images_per_item, variant):
+        if reason := self.unsupported(variant):
+            raise AdapterError(reason)
         flat = [im for imgs in images_per_item for im in imgs]
         if not flat:
             return [[] for _ in images_per_item], {}
@@ -271,6 +280,17 @@ def _chat_template(path: Path) -> str | None:
     if (path / "chat_template.jinja").exists():
         return (path / "chat_template.jinja").read_text()
     return None
+
+
+def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, torch.dtype]:
+    """("auto", "auto") -> CUDA in bfloat16 where a GPU is visible, else the CPU in float32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return device, getattr(torch, dtype)
 
 
 def load_adapter(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> VisionLanguageAdapter:
