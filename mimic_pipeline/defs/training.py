@@ -21,7 +21,7 @@ from ..core.training.checkpoints import NAME_PATTERN, complete_checkpoints, read
 from ..core.training.recipes import Recipe, configured_recipe
 from ..core.training.trainer import run_recipe
 from .datasets import single_image_items, train_items
-from .metadata import image_markdown, table_metadata
+from .metadata import catalog_schema, image_markdown, table_metadata
 from .partitions import checkpoint_partitions
 from .resources import MimicPaths
 
@@ -86,7 +86,7 @@ def _train(context: dg.AssetExecutionContext, config: TrainingSettings, paths: M
     metadata = read_metadata(out_dir)
     return dg.MaterializeResult(
         metadata={
-            "checkpoint": name, "dagster/uri": dg.MetadataValue.path(str(out_dir)),
+            "checkpoint": name, "dagster/uri": dg.MetadataValue.path(str(out_dir)), "preview": _files_preview(out_dir),
             "steps": result.steps, "trainable_parameters": result.trainable_parameters,
             "total_parameters": result.total_parameters, "wall_s": round(result.wall_s, 1),
             "final_loss": round(sum(result.losses[-20:]) / max(1, len(result.losses[-20:])), 4),
@@ -99,6 +99,13 @@ def _train(context: dg.AssetExecutionContext, config: TrainingSettings, paths: M
         data_version=dg.DataVersion(config_hash({"recipe": recipe.hash(), "data": metadata.get("training_set_version"),
                                                  "base": str(base)})),
     )
+
+
+def _files_preview(folder: Path) -> dg.MetadataValue:
+    """The checkpoint directory as a Markdown table: full weights or adapter + projector, tokenizer, metadata."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    rows = [(str(p.relative_to(folder)), f"{p.stat().st_size / 2**20:.2f}") for p in files]
+    return dg.MetadataValue.md(markdown_table(["file", "MiB"], rows))
 
 
 def _accuracy_metadata(accuracy: dict) -> dict:
@@ -167,7 +174,8 @@ def checkpoints(context: dg.AssetExecutionContext, paths: MimicPaths) -> dg.Mate
     if new:  # copied in by hand: evaluation is partitioned over them too
         context.instance.add_dynamic_partitions(checkpoint_partitions.name, new)
     preview = (["name", "recipe", "parent", "steps"], [(r["name"], r["recipe"], r["parent"], r["steps"]) for r in rows])
-    return dg.MaterializeResult(metadata={**table_metadata(row_count=len(rows), uri=paths.checkpoints, preview=preview),
+    return dg.MaterializeResult(metadata={**table_metadata(row_count=len(rows), schema=catalog_schema(paths.catalog, "checkpoints"),
+                                                           uri=paths.checkpoints, preview=preview),
                                           "new_partitions": ", ".join(new) or "none"})
 
 
