@@ -69,11 +69,11 @@ def prepare(tmp_path):
     return data, home, metadata
 
 
-def shoot(page, tmp_path, name: str, **kwargs):
+def shoot(page, tmp_path, name: str):
     """A screenshot in the test's tmp folder, copied to test-artifacts/ui/."""
     path = tmp_path / "screenshots" / f"{name}.png"
     path.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(path), **kwargs)
+    page.screenshot(path=str(path))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(path, ARTIFACTS / path.name)
     return path
@@ -163,7 +163,7 @@ def test_the_asset_graph_and_asset_pages_show_descriptions_metadata_plots_and_ch
         try:
             check_pages(page, f"http://127.0.0.1:{port}", metadata, tmp_path)
         except Exception:
-            shoot(page, tmp_path, "failure", full_page=True)
+            shoot(page, tmp_path, "failure")
             raise
         finally:
             browser.close()
@@ -200,7 +200,9 @@ def check_pages(page, base: str, metadata: dict, tmp_path):
     assert preview.locator("tbody tr").count() == 4  # the four counting studies of pool1
     for label in ("Group", "evaluation", "Owners", "mimic", "Kinds", "DuckDB", "Code location", "mimic-pipeline"):
         assert visible_text(page, label).count() >= 1, label
-    shoot(page, tmp_path, "eval_metrics", full_page=True)
+    shoot(page, tmp_path, "eval_metrics")
+    preview.scroll_into_view_if_needed()  # the page scrolls inside the app, not the window
+    shoot(page, tmp_path, "eval_metrics-metadata")
     dialog = open_markdown(page, "plot_counting_spread")
     image = dialog.locator("img")
     assert image.get_attribute("alt") == "tiny: counting spread"
@@ -216,7 +218,8 @@ def check_pages(page, base: str, metadata: dict, tmp_path):
     assert str(metadata["predictions"]["dagster/row_count"].value) in status.inner_text()
     for key in ("accuracy_pool1", "items_per_s_pool1", "raw_answer"):
         assert visible_text(page, key).count() >= 1, key
-    shoot(page, tmp_path, "predictions", full_page=True)
+    page.get_by_text("accuracy_pool1", exact=True).scroll_into_view_if_needed()
+    shoot(page, tmp_path, "predictions")
 
     # 4. the eval set: its preview (a long table behind '[Show Markdown]') and its blocking checks
     page.goto(f"{base}/assets/eval_items", wait_until="networkidle")
@@ -232,4 +235,4 @@ def check_pages(page, base: str, metadata: dict, tmp_path):
         visible_text(page, check).first.wait_for()
     assert page.get_by_text("Succeeded").filter(visible=True).count() >= 2
     page.get_by_text("This is a blocking asset check.").wait_for()
-    shoot(page, tmp_path, "eval_items-checks", full_page=True)
+    shoot(page, tmp_path, "eval_items-checks")
