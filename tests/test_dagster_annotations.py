@@ -13,7 +13,7 @@ from mimic_pipeline.defs import annotations as A
 from mimic_pipeline.defs.build import build_definitions
 from mimic_pipeline.defs.resources import AnnotationSources
 
-from .conftest import REAL_DATA, real_data
+from .conftest import REAL_DATA, assert_ui_metadata, real_data
 
 SMALL = {"n_eval_images": 40, "n_train_images": 60, "seed": 5}
 
@@ -53,6 +53,9 @@ def test_shapes_index_materializes_with_checks_and_metadata(shapes_defs):
     assert md["dagster/uri"].value == str(db)
     assert md["preview"].value.startswith("| split | category | parent | images | instances | crowd_images |")
     assert md["n_images"].value == catalog.query(db, "select count(*) from images")[1][0][0]
+    assert_ui_metadata(md, columns=["source", "split", "image_id"])
+    world_md = instance.get_latest_materialization_event(A.shapes_world.key).asset_materialization.metadata
+    assert assert_ui_metadata(world_md, plots=("sample_sheet",)) == SMALL["n_eval_images"] + SMALL["n_train_images"]
     assert (data / "index" / "shapes" / "instance_counts.parquet").exists()
 
     # lineage: the data version is the config hash, recorded in the instance

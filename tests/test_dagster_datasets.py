@@ -13,6 +13,8 @@ from mimic_pipeline.defs import datasets as D
 from mimic_pipeline.defs.build import build_definitions
 from mimic_pipeline.defs.resources import AnnotationSources
 
+from .conftest import assert_ui_metadata
+
 WORLD = {"n_eval_images": 300, "n_train_images": 400, "seed": 2}
 
 
@@ -23,10 +25,11 @@ def run(defs, instance, asset, partition=None, config=None):
     )  # fmt: skip
 
 
-def shapes_eval_sets(data, items_per_cell: int, world: dict | None = None):
-    """A shapes world, its index in the catalogue and the four eval sets in `data`, through Dagster."""
+def shapes_eval_sets(data, items_per_cell: int, world: dict | None = None, instance: dg.DagsterInstance | None = None):
+    """A shapes world, its index in the catalogue and the four eval sets in `data`, through Dagster (on
+    `instance`, e.g. the one a webserver shows, or an ephemeral one)."""
     defs = build_definitions(data_dir=str(data), sources=AnnotationSources())
-    instance = dg.DagsterInstance.ephemeral()
+    instance = instance or dg.DagsterInstance.ephemeral()
     assert run(defs, instance, A.shapes_world, config=world or {"n_eval_images": 300, "n_train_images": 100, "seed": 4}).success
     assert run(defs, instance, A.annotation_index, "shapes").success
     for task in ("counting", "listing", "common", "odd_one"):
@@ -64,6 +67,8 @@ def test_eval_items_pass_their_checks_and_record_lineage(pipeline):
     md = result.asset_materializations_for_node("eval_items")[0].metadata
     table = pq.read_table(data / "datasets" / "eval" / "counting.parquet")
     assert md["dagster/row_count"].value == table.num_rows == 5 * 24
+    assert_ui_metadata(md, columns=["item_id", "task", "axis", "axis_value"])
+    assert md["preview"].value.startswith("| item_id | n_images | question | answer |")
     assert set(table.column("config_hash").to_pylist()) == {md["config_hash"].value}
     assert catalog.query(data / "mimic.duckdb", "select count(*) from eval_items")[1] == [(120,)]
 
@@ -85,6 +90,7 @@ def test_train_items_are_disjoint_from_eval_and_written_for_llava(pipeline):
     assert checks(result) == {"answers_rederived": True, "answer_balance": True, "disjoint_from_eval": True}
     train = pq.read_table(data / "datasets" / "train" / "listing.parquet")
     assert train.num_rows == 200  # listing's 20% share of 1,000
+    assert assert_ui_metadata(result.asset_materializations_for_node("train_items")[0].metadata, columns=["item_id"]) == 200
     conversations = json.loads((data / "datasets" / "llava" / "listing.json").read_text())
     first = conversations[0]
     assert first["id"] == train.column("item_id")[0].as_py()
@@ -96,11 +102,13 @@ def test_single_image_items_and_baselines(pipeline):
     defs, instance, data = pipeline
     single = run(defs, instance, D.single_image_items, config={"n_items": 300})
     assert single.success and checks(single) == {"answers_rederived": True, "answer_balance": True}
+    assert assert_ui_metadata(single.asset_materializations_for_node("single_image_items")[0].metadata, columns=["item_id"]) == 300
     assert run(defs, instance, D.eval_items, "odd_one", {"items_per_cell": 4}).success
     result = run(defs, instance, D.baseline_scores, "odd_one")
     assert result.success and checks(result) == {"oracle_scores_100": True}
     md = result.asset_materializations_for_node("baseline_scores")[0].metadata
     assert md["oracle_accuracy"].value == 100.0
+    assert_ui_metadata(md, columns=["checkpoint", "variant", "item_id", "task"])
     assert 0 <= md["random_accuracy"].value < 100
     rows = catalog.query(data / "mimic.duckdb", "select distinct checkpoint from eval_metrics where task = 'odd_one' order by 1")[1]
     assert rows == [("majority",), ("oracle",), ("random",)]

@@ -13,6 +13,7 @@ from mimic_pipeline.defs import attention as AT
 from mimic_pipeline.defs import evaluation as E
 from mimic_pipeline.defs.partitions import checkpoint_partitions
 
+from .conftest import assert_ui_metadata
 from .test_dagster_datasets import run, shapes_eval_sets
 
 TASKS = ["counting", "listing", "common", "odd_one"]
@@ -79,7 +80,16 @@ def test_predictions_and_metrics_reach_the_leaderboard(pipeline):
     table = catalog.query(data / "mimic.duckdb", f"select variant, count(*), count(distinct item_id) from "
                           f"read_parquet('{data}/predictions/dropped/counting.parquet') group by 1 order by 1")[1]  # fmt: skip
     assert table == [("pool1", n_items, n_items), ("pool4", n_items, n_items)]
-    assert run(defs, instance, E.eval_metrics, key).success
+    md = result.asset_materializations_for_node("predictions")[0].metadata
+    assert assert_ui_metadata(md, columns=["checkpoint", "variant", "item_id"]) == 2 * n_items
+    assert {"accuracy_pool1", "accuracy_pool4"} <= set(md)  # stable numeric keys: the UI plots them over runs
+    metrics = run(defs, instance, E.eval_metrics, key)
+    assert metrics.success
+    md = metrics.asset_materializations_for_node("eval_metrics")[0].metadata
+    studies = ("plot_counting_spread", "plot_counting_distractors", "plot_counting_concepts", "plot_counting_n_images")
+    assert_ui_metadata(md, columns=["checkpoint", "variant", "task", "axis", "axis_value", "metric"], plots=studies)
+    assert md["preview"].value.startswith("| variant | axis | accuracy | n |")
+    assert (data / "plots" / "evaluation" / "dropped" / "counting_spread.png").exists()
     view = catalog.query(data / "mimic.duckdb", "select variant, count(*) from predictions where checkpoint = 'dropped' group by 1 order by 1")[1]
     assert view == [("pool1", n_items), ("pool4", n_items)]  # the DuckDB view over every answerer's predictions
     rows = catalog.query(data / "mimic.duckdb", "select checkpoint, variant, tasks from leaderboard where checkpoint = 'dropped' order by variant")[1]
@@ -92,6 +102,7 @@ def test_predictions_and_metrics_reach_the_leaderboard(pipeline):
     md = report.asset_materializations_for_node("evaluation_report")[0].metadata
     assert "| dropped | pool1 |" in md["leaderboard"].value
     assert md["plot_counting_spread"].value.startswith("![counting spread](data:image/png;base64,")
+    assert_ui_metadata(md, columns=["checkpoint", "variant", "mimic_average"], preview="leaderboard", plots=("plot_variants",))
     assert (data / "plots" / "evaluation" / "counting_spread.png").exists()
     assert (data / "plots" / "evaluation" / "variants.png").exists()  # pool1 vs pool4 of one checkpoint
 
@@ -122,6 +133,7 @@ def test_attention_stats_of_a_masked_checkpoint_show_no_cross_image_attention_in
     assert result.success
     md = result.asset_materializations_for_node("attention_stats")[0].metadata
     assert md["masked_layers"].value == "[1]" and md["max_cross_image_share_in_masked_layers"].value == 0.0
+    assert_ui_metadata(md, columns=["checkpoint", "layer"], plots=("attention_plot",))
     rows = dict(catalog.query(data / "mimic.duckdb", "select layer, share from attention_stats where checkpoint = "
                               "'masked_copy' and kind = 'vision_query' and target = 'other_images'")[1])  # fmt: skip
     assert rows[1] == 0.0 and rows[0] > 0.0  # the unmasked layer does look across images

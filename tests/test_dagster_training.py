@@ -21,6 +21,7 @@ from mimic_pipeline.defs.build import build_definitions
 from mimic_pipeline.defs.partitions import checkpoint_partitions
 from mimic_pipeline.defs.resources import AnnotationSources
 
+from .conftest import assert_ui_metadata
 from .test_dagster_datasets import run
 
 QUICK = {"steps_scale": 0.001, "heldout_items": 8}  # 2 steps of everything: the wiring, not the learning
@@ -55,6 +56,8 @@ def test_base_checkpoint_is_written_registered_and_described(pipeline):
     assert Path(md["loss_plot"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert md["loss_curve"].value.startswith("![training loss of base](data:image/png;base64,")
     assert 0 <= md["heldout_accuracy_after"].value <= 100
+    assert_ui_metadata(md, rows=False, plots=("loss_curve",))  # a directory, not a table: its files are the preview
+    assert "| config.json |" in md["preview"].value and "| DONE |" in md["preview"].value
     meta = json.loads((folder / "mimic_checkpoint.json").read_text())
     assert meta["dagster_run_id"] == result.run_id and meta["base_checkpoint"] is None
     # the tiny model's vocabulary is the shapes world's: every leaf and parent name is one known word
@@ -92,6 +95,7 @@ def test_registry_lists_complete_checkpoints_including_copied_ones(pipeline):
     assert "dropped_in" in instance.get_dynamic_partitions(checkpoint_partitions.name)
     again = run(defs, instance, T.checkpoints)  # nothing new: the table is rewritten, no partition added
     assert again.success and materialization(again, T.checkpoints)["new_partitions"].value == "none"
+    assert assert_ui_metadata(materialization(again, T.checkpoints), columns=["name", "recipe", "parent", "path"]) == len(names)
     assert catalog.query(data / "mimic.duckdb", "select count(*) from checkpoints")[1][0][0] == len(names)
 
 

@@ -27,7 +27,19 @@ def test_assets_carry_descriptions_groups_kinds_owners():
         assert node.description and len(node.description) > 80, key
         assert node.group_name == GROUPS[key.to_user_string()]
         assert node.owners == ["team:mimic"]
-        assert node.kinds
+        assert node.kinds and all(k == k.lower() for k in node.kinds)  # shown as tags / icons in the graph
+        assert node.tags.get("stage"), key
+    items = ["answer_balance", "answers_rederived"]
+    assert {k.to_user_string() for k in graph.asset_check_keys} == {  # the checks tab of each asset lists these
+        *(f"annotation_index:{c}" for c in ["non_positive_counts", "orphan_annotations", "unknown_categories"]),
+        *(f"{a}:{c}" for a in ["eval_items", "train_items", "single_image_items"] for c in items),
+        "train_items:disjoint_from_eval", "baseline_scores:oracle_scores_100"}  # fmt: skip
+    for check_key in graph.asset_check_keys:  # every asset check shows what it enforces
+        assert graph.get_check_spec(check_key).description, check_key
+    for sensor in defs.sensors:
+        assert sensor.description, sensor.name
+    for schedule in defs.schedules:
+        assert schedule.description, schedule.name
     for asset in (A.annotation_index, D.eval_items, D.train_items, D.single_image_items, D.baseline_scores):
         assert asset.op.pool == "duckdb", "every DuckDB writer shares the pool of size 1"
         assert asset.check_specs and all(s.blocking for s in asset.check_specs)

@@ -66,7 +66,7 @@ def attention_stats(context: dg.AssetExecutionContext, config: AttentionSettings
     cols, cross = catalog.query(paths.catalog, catalog.named_queries("attention")["cross_image_by_layer"], {"checkpoint": name})
     masked = adapter.layer_mask.layers if adapter.layer_mask is not None else []
     return dg.MaterializeResult(metadata={
-        **table_metadata(row_count=table.num_rows, schema=ATTENTION_STATS_SCHEMA, preview=(cols, cross)),
+        **table_metadata(row_count=table.num_rows, schema=ATTENTION_STATS_SCHEMA, uri=paths.catalog, preview=(cols, cross)),
         "masked_layers": str(list(masked)), "attention_plot": image_markdown(plot, f"attention by layer of {name}"),
         "max_cross_image_share_in_masked_layers": max((r["share"] for r in rows if r["kind"] == "vision_query"
                                                        and r["target"] == "other_images" and r["layer"] in masked),

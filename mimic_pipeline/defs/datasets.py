@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from ..core import catalog
 from ..core.baselines import BASELINES, baseline_answerer
-from ..core.evaluation import metric_rows, source_vocabulary
+from ..core.evaluation import PREDICTION_SCHEMA, metric_rows, source_vocabulary
 from ..core.files import config_hash, file_fingerprints
 from ..core.prediction import evaluate
 from ..core.sampling.balance import answer_balance
@@ -304,7 +304,8 @@ def baseline_scores(context: dg.AssetExecutionContext, config: EvalSetSettings, 
     accuracy = {f"{t.column('checkpoint')[0].as_py()}_accuracy": round(100 * pa.compute.mean(t.column("correct").cast(pa.float64())).as_py(), 2)
                 for t in tables}  # fmt: skip
     return dg.MaterializeResult(
-        metadata={**table_metadata(row_count=predictions.num_rows, uri=paths.predictions, preview=(cols, summary)), **accuracy},
+        metadata={**table_metadata(row_count=predictions.num_rows, schema=PREDICTION_SCHEMA, uri=paths.predictions,
+                                   preview=(cols, summary)), **accuracy},  # fmt: skip
         check_results=[dg.AssetCheckResult(
             check_name="oracle_scores_100", passed=not oracle_wrong,
             metadata={"wrong_items": len(oracle_wrong),

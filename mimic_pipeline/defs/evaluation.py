@@ -24,7 +24,7 @@ from ..core.tables import markdown_table
 from ..core.training.checkpoints import CheckpointError, complete_checkpoints, validate_checkpoint
 from ..core.training.data import ImageCache
 from .datasets import baseline_scores, eval_items
-from .metadata import image_markdown, table_metadata
+from .metadata import catalog_schema, image_markdown, study_plots, table_metadata
 from .partitions import checkpoint_partitions, task_partitions
 from .resources import MimicPaths
 from .training import checkpoints
@@ -139,8 +139,10 @@ def eval_metrics(context: dg.AssetExecutionContext, paths: MimicPaths) -> dg.Mat
     catalog.replace_rows(paths.catalog, "eval_metrics", {"checkpoint": name, "task": task}, metrics)
     catalog.create_parquet_views(paths.catalog, "prediction_views", paths.predictions)
     cols, rows = catalog.query(paths.catalog, catalog.named_queries("evaluation")["checkpoint_summary"], {"checkpoint": name, "task": task})
-    return dg.MaterializeResult(metadata={**table_metadata(row_count=metrics.num_rows, preview=(cols, rows)),
-                                          "variants": json.dumps(sorted(set(preds.column("variant").to_pylist())))})  # fmt: skip
+    return dg.MaterializeResult(metadata={**table_metadata(row_count=metrics.num_rows, schema=catalog_schema(paths.catalog, "eval_metrics"),
+                                                           uri=paths.catalog, preview=(cols, rows)),
+                                          "variants": json.dumps(sorted(set(preds.column("variant").to_pylist()))),
+                                          **study_plots(metrics.to_pylist(), paths.root / "plots" / "evaluation" / name, name)})  # fmt: skip
 
 
 @dg.sensor(
@@ -189,7 +191,8 @@ def evaluation_report(context: dg.AssetExecutionContext, paths: MimicPaths) -> d
     plots = {f"{task}_{axis}": study_plot(metrics, task, axis, out / f"{task}_{axis}.png") for task, axis in STUDIES}
     plots["variants"] = variant_plot([dict(zip(lb_cols, r)) for r in lb_rows], out / "variants.png")
     plots = {k: p for k, p in plots.items() if p is not None}
-    metadata = {"leaderboard": dg.MetadataValue.md(markdown_table(lb_cols, lb_rows)), "dagster/row_count": len(lb_rows)}
+    metadata = {"leaderboard": dg.MetadataValue.md(markdown_table(lb_cols, lb_rows)), "dagster/row_count": len(lb_rows),
+                "dagster/column_schema": catalog_schema(paths.catalog, "leaderboard"), "dagster/uri": dg.MetadataValue.path(str(out))}
     for name, path in plots.items():
         metadata[f"plot_{name}"] = image_markdown(path, name.replace("_", " "))
     context.log.info(f"{len(plots)} plots in {out}")

@@ -24,7 +24,7 @@ from ..core.training.recipes import Recipe, configured_recipe
 from ..core.training.summary import checkpoint_summary
 from ..core.training.trainer import run_recipe
 from .datasets import single_image_items, train_items
-from .metadata import table_metadata
+from .metadata import catalog_schema, table_metadata
 from .partitions import checkpoint_partitions
 from .resources import MimicPaths
 
@@ -194,7 +194,8 @@ def checkpoints(context: dg.AssetExecutionContext, paths: MimicPaths) -> dg.Mate
     if new:  # copied in by hand: evaluation is partitioned over them too
         context.instance.add_dynamic_partitions(checkpoint_partitions.name, new)
     preview = (["name", "recipe", "parent", "steps"], [(r["name"], r["recipe"], r["parent"], r["steps"]) for r in rows])
-    return dg.MaterializeResult(metadata={**table_metadata(row_count=len(rows), uri=paths.checkpoints, preview=preview),
+    return dg.MaterializeResult(metadata={**table_metadata(row_count=len(rows), schema=catalog_schema(paths.catalog, "checkpoints"),
+                                                           uri=paths.checkpoints, preview=preview),
                                           "new_partitions": ", ".join(new) or "none"})
 
 

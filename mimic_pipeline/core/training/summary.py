@@ -37,6 +37,12 @@ def accuracy_metadata(accuracy: dict) -> dict[str, tuple[str, object]]:
     return md
 
 
+def files_table(folder: Path) -> str:
+    """The checkpoint directory as a Markdown table: full weights or adapter + projector, tokenizer, metadata."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return markdown_table(["file", "MiB"], [(str(p.relative_to(folder)), f"{p.stat().st_size / 2**20:.2f}") for p in files])
+
+
 def checkpoint_summary(folder: str | Path, recipe_name: str) -> CheckpointSummary:
     """Metadata and data version of the complete checkpoint in `folder`; writes its loss plot beside it."""
     folder = Path(folder)
@@ -45,7 +51,7 @@ def checkpoint_summary(folder: str | Path, recipe_name: str) -> CheckpointSummar
     plot = loss_plot(losses, folder / LOSS_PLOT, title=f"{name} ({recipe_name})")
     tail = losses[-20:]
     metadata = {
-        "checkpoint": ("text", name), "dagster/uri": ("path", str(folder)),
+        "checkpoint": ("text", name), "dagster/uri": ("path", str(folder)), "preview": ("md", files_table(folder)),
         "steps": ("int", int(meta["steps"])), "processes": ("int", int(meta.get("processes", 1))),
         "trainable_parameters": ("int", int(meta["trainable_parameters"])),
         "total_parameters": ("int", int(meta["total_parameters"])), "wall_s": ("float", round(float(meta["wall_s"]), 1)),
