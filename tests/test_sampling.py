@@ -24,10 +24,10 @@ from mimic_pipeline.core.evaluation import metric_rows, score_predictions
 from mimic_pipeline.core.sampling.balance import answer_balance
 from mimic_pipeline.core.sampling.config import DEFAULT_STUDIES, TASKS, BenchmarkConfig, items_per_task, partitions
 from mimic_pipeline.core.sampling.generate import generate_task
-from mimic_pipeline.core.sampling.items import ItemDraft, write_items
+from mimic_pipeline.core.sampling.items import ItemBatch, ItemDraft, write_items
 from mimic_pipeline.core.sampling.listing import ListingSampler
 from mimic_pipeline.core.sampling.pools import SamplingError, build_sampling_index, image_positions
-from mimic_pipeline.core.sampling.validity import derive_answer, item_problems
+from mimic_pipeline.core.sampling.validity import batch_problems, derive_answer, item_problems
 
 IMAGE_ROOT = Path("/images/tiny")
 
@@ -501,9 +501,7 @@ def test_the_images_the_validity_cases_use(world):
     assert world.contents["img064"] == {"hammer": 1}
 
 
-@pytest.mark.parametrize(
-    ("task", "ids", "roles", "query", "answer", "problems"),
-    [
+VALIDITY_CASES = [
         ("counting", ["img020", "img064"], ["needle", "distractor"], ["apple"], "4", []),
         ("counting", ["img020", "img064"], ["needle", "distractor"], ["apple"], "5",
          ["answer '5' but the index gives '4'"]),
@@ -522,14 +520,30 @@ def test_the_images_the_validity_cases_use(world):
         ("odd_one", ["img005", "img013", "img001"], "needle", ["fruit"], "grape", []),
         ("odd_one", ["img005", "img013", "img001"], "needle", ["fruit"], "pear",
          ["answer 'pear' but the index gives 'grape'", "not exactly one minority child"]),
-    ],
-)  # fmt: skip
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("task", "ids", "roles", "query", "answer", "problems"), VALIDITY_CASES)
 def test_validity_engine_finds_exactly_the_problems(index, world, task, ids, roles, query, answer, problems):
     """`problems`: one text fragment per problem the engine must report, and no other problem."""
     found = item_problems(index, task, draft(index, ids, roles, query, answer))
     assert len(found) == len(problems) and all(any(p in f for f in found) for p in problems), found
     # the engine's derived answer is the dict's
     assert derive_answer(index, task, image_positions(index, ids), query) == world.answer(task, ids, query)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_validity_engine_judges_a_cell_item_by_item(index, task):
+    """Generation checks a whole cell at once: with good and bad items of several lengths mixed in one
+    batch, each item gets exactly the problems it has alone, and the good ones none."""
+    cases = [(ids, roles, query, answer) for t, ids, roles, query, answer, _ in VALIDITY_CASES if t == task]
+    drafts = [draft(index, *case) for case in cases]
+    drafts.append(draft(index, ["img020"], "needle", ["apple"], "4") if task == "counting" else
+                  draft(index, cases[0][0] + ["img064"], "needle", cases[0][2], "?"))  # fmt: skip
+    drafts.insert(1, drafts[-1])
+    alone = {k: item_problems(index, task, d) for k, d in enumerate(drafts)}
+    assert {k for k, found in alone.items() if found} != set() and [] in alone.values()
+    assert batch_problems(index, task, ItemBatch.from_drafts(drafts)) == {k: found for k, found in alone.items() if found}
 
 
 def test_validity_engine_catches_a_crowd_image(index):

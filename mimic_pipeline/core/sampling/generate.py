@@ -21,12 +21,12 @@ import pyarrow.compute as pc
 from .common import CommonSampler
 from .config import GENERATOR_VERSION, TASKS, BenchmarkConfig, Cell, items_per_task
 from .counting import CountingSampler
-from .items import AXIS_COLUMNS, ITEM_SCHEMA, ItemDraft, struct_json, write_items, write_llava_json
+from .items import AXIS_COLUMNS, ITEM_SCHEMA, ItemBatch, ItemDraft, struct_json, write_items, write_llava_json
 from .listing import ListingSampler
 from .odd_one import OddOneSampler
 from .pools import SamplingError, SamplingIndex
 from .templates import render_question
-from .validity import item_problems
+from .validity import batch_problems
 
 SAMPLERS = {"counting": CountingSampler, "listing": ListingSampler, "common": CommonSampler, "odd_one": OddOneSampler}
 PURPOSES = {"eval": 1, "train": 2}
@@ -98,10 +98,11 @@ def _generate_cell(job: tuple[Cell, int]) -> pa.Table:
     index, cfg, purpose, image_root = _WORKER_STATE
     rng = cell_rng(cfg, purpose, cell)
     drafts = _sampler(index, cell.task).sample(cell, cfg.settings(cell.task, cell.axis), rng, n)
-    for k, draft in enumerate(drafts):
-        problems = item_problems(index, cell.task, draft)
-        if problems:
-            raise SamplingError(f"{cell.task}/{cell.axis}={cell.axis_value} item {k} is invalid (a sampler bug): {problems}")
+    problems = batch_problems(index, cell.task, ItemBatch.from_drafts(drafts))
+    if problems:
+        k = min(problems)
+        raise SamplingError(f"{cell.task}/{cell.axis}={cell.axis_value}: {len(problems)} invalid items (a sampler bug), "
+                            f"item {k}: {problems[k]}")  # fmt: skip
     return _cell_table(index, cfg, purpose, cell, drafts, rng, image_root)
 
 
@@ -124,7 +125,7 @@ def _cell_table(index: SamplingIndex, cfg: BenchmarkConfig, purpose: str, cell: 
                                  parent=d.query[0] if parent_asked else "") for d in drafts]  # fmt: skip
     axis_values = []
     for d in drafts:
-        values = {**dict(cell.values), **d.axis_values, "n_images": len(d.images)}
+        values = {**dict(cell.values), "n_images": len(d.images)}
         if cell.axis == "distractors":
             values["n_distractors"] = d.roles.count("distractor")
         axis_values.append(values)

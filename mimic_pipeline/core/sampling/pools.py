@@ -91,6 +91,42 @@ class SamplingIndex:
             self.extra[key] = out
         return self.extra[key]
 
+    @cached_property
+    def ancestor_matrix(self) -> np.ndarray:
+        """(categories + 1, categories) bool: [c, a] is whether a lies above c (see `ancestors`); the
+        last row stands for "no class" (padding of a query) and is all False."""
+        out = np.zeros((len(self.names) + 1, len(self.names)), dtype=bool)
+        for c, above in enumerate(self.ancestors):
+            out[c, list(above)] = True
+        return out
+
+    @cached_property
+    def parent_names(self) -> list[str]:
+        """The Listing / Odd-One parents, sorted; a parent's position is its row in `kind_tables`."""
+        return sorted(self.children_of)
+
+    @cached_property
+    def kind_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """(kind_bit, ambiguous), each (parents + 1, categories): the bit of category c among parent p's
+        leaf children (-1 if none of them), and whether c makes an image ambiguous for p
+        (`ambiguity_set`). The last row stands for an unknown parent: no kinds, nothing ambiguous."""
+        n_parents, n_cats = len(self.parent_names), len(self.names)
+        kind_bit = np.full((n_parents + 1, n_cats), -1, dtype=np.int8)
+        ambiguous = np.zeros((n_parents + 1, n_cats), dtype=bool)
+        for p, parent in enumerate(self.parent_names):
+            kind_bit[p, self.children_of[parent]] = np.arange(len(self.children_of[parent]))
+            ambiguous[p, list(self.ambiguity_set(parent))] = True
+        return kind_bit, ambiguous
+
+    def kind_names(self, parent: int, mask: int) -> list[str]:
+        """The sorted names of the kinds of parent (position in `parent_names`) whose bits `mask` sets
+        (cached: few distinct masks, asked for on every item)."""
+        key = ("kind_names", parent, mask)
+        if key not in self.extra:
+            kinds = self.children_of[self.parent_names[parent]]
+            self.extra[key] = sorted(self.names[c] for j, c in enumerate(kinds) if mask >> j & 1)
+        return self.extra[key]
+
     @property
     def n_images(self) -> int:
         return len(self.image_ids)
