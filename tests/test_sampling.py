@@ -460,7 +460,8 @@ def test_a_box_of_the_parent_class_keeps_an_image_from_serving_its_children(oi_w
 def test_a_box_of_a_non_leaf_child_keeps_an_image_from_serving_a_box_less_parent(oi_world, oi_items, task):
     """Food has no boxes; its child Fruit is not a leaf and has boxes. A "Fruit" box is some food that is
     none of Food's listed children (Bread, Cake), so an image holding one is ambiguous for Food
-    (pools.ambiguity_bits: "the parent class itself and any non-leaf descendant")."""
+    (SamplingIndex.ambiguity_set: "the parent class itself and every category below it that is not one of its
+    leaf children")."""
     fruit_box = {i for i, c in oi_world.contents.items() if "Fruit" in c}
     food_items = [r for r in rows_of(oi_items[task]) if r["query"] == ["Food"]]
     assert len(food_items) >= 5

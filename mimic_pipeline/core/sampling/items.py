@@ -89,12 +89,6 @@ def padded_rows(image_lists: list[list[int]]) -> np.ndarray:
     return out
 
 
-def shuffled(rng: np.random.Generator, images: list[int], roles: list[str], per_image: list) -> tuple[list, list, list]:
-    """Present the images in a random order (needles must not always come first)."""
-    order = rng.permutation(len(images)).tolist()
-    return [images[i] for i in order], [roles[i] for i in order], [per_image[i] for i in order]
-
-
 def shuffle_rows(rng: np.random.Generator, *columns: np.ndarray, lengths: np.ndarray | None = None) -> list[np.ndarray]:
     """Each row's first `lengths` entries in a random order, the same for every column (needles must
     not always come first); entries past a row's length stay where they are."""

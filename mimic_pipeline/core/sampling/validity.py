@@ -79,21 +79,16 @@ def _counting(index: SamplingIndex, rows: _Rows, query: list[list[str]]):
 
 
 def _kinds(index: SamplingIndex, rows: _Rows, parents: np.ndarray):
-    """(per-slot masks of the parent's kinds, per-slot ambiguity flags)."""
+    """(per-slot masks of the parent's kinds, per-slot ambiguity flags, (items, 64) in how many of
+    its images each kind of the item's parent appears)."""
     kind_bit, ambiguous = index.kind_tables
     row_parent = parents[rows.item]
     bit = kind_bit[row_parent, rows.cat].astype(np.int64)
+    kind = bit >= 0  # an image's rows name each category once: one row per (image, kind) held
     masks = np.zeros(len(rows.slot_image), dtype=np.int64)
-    np.bitwise_or.at(masks, rows.slot[bit >= 0], np.left_shift(1, bit[bit >= 0]))
-    return masks, rows.per_slot(ambiguous[row_parent, rows.cat])
-
-
-def _kind_presence(rows: _Rows, masks: np.ndarray) -> np.ndarray:
-    """(items, 64): in how many of its images each kind (bit) of the item's parent appears."""
-    held = (masks[:, None] >> np.arange(64, dtype=np.int64)) & 1
-    running = np.concatenate([np.zeros((1, 64), dtype=np.int64), np.cumsum(held, axis=0)])
-    ends = np.cumsum(rows.n_images)  # slots are item by item
-    return running[ends] - running[ends - rows.n_images]
+    np.bitwise_or.at(masks, rows.slot[kind], np.left_shift(1, bit[kind]))
+    presence = np.bincount(rows.item[kind] * 64 + bit[kind], minlength=rows.n_items * 64).reshape(rows.n_items, 64)
+    return masks, rows.per_slot(ambiguous[row_parent, rows.cat]), presence
 
 
 def _names_of(index: SamplingIndex, parents: np.ndarray, masks: np.ndarray) -> list[str]:
@@ -120,12 +115,11 @@ def _derive(index: SamplingIndex, task: str, rows: _Rows, query: list[list[str]]
         return _in_every_image(index, rows)
     if task in ("listing", "odd_one"):
         parents = _parents(index, query)
-        masks, _ = _kinds(index, rows, parents)
+        masks, _, presence = _kinds(index, rows, parents)
         if task == "listing":
             union = np.zeros(rows.n_items, dtype=np.int64)
             np.bitwise_or.at(union, rows.slot_item, masks)
             return _names_of(index, parents, union)
-        presence = _kind_presence(rows, masks)
         minority = (presence > 0) & (2 * presence < rows.n_images[:, None])
         return _names_of(index, parents, (minority.astype(np.int64) << np.arange(64)).sum(axis=1))
     raise ValueError(f"unknown task {task!r}")
@@ -188,12 +182,11 @@ def batch_problems(index: SamplingIndex, task: str, batch: ItemBatch) -> dict[in
         parents = _parents(index, batch.query)
         unknown = len(index.parent_names)
         found.items(4, parents == unknown, lambda k: f"{batch.query[k][:1]} is not a parent with two or more kinds here")
-        masks, ambiguous = _kinds(index, rows, parents)
+        masks, ambiguous, presence = _kinds(index, rows, parents)
         found.slots(5, ambiguous, lambda image, k: f"image {image} holds the parent class or a category below it that is none of its kinds")
         found.slots(5, distractor & (masks != 0), lambda image, k: f"distractor {image} holds a child of {batch.query[k][0]!r}")
         if task == "odd_one":
             found.items(6, rows.n_images < 3, lambda k: "Odd-One needs at least 3 images")
-            presence = _kind_presence(rows, masks)
             n = rows.n_images[:, None]
             minority = (presence > 0) & (2 * presence < n)
             answer_bit = _answer_bits(index, parents, batch.answers)
