@@ -56,8 +56,8 @@ class CommonSampler:
         if got is None:
             raise SamplingError(f"{idx.source}/{idx.split}: no set of {n_images} images with exactly one common category "
                                 f"found in {MAX_TRIES} tries")  # fmt: skip
-        names = [idx.names[a] for a in got["category"].tolist()]
-        structs = [{"category": name, "per_image": [idx.names_in(i) for i in row]}
-                   for name, row in zip(names, got["images"].tolist())]  # fmt: skip
         images = got["images"]
+        names = [idx.names[a] for a in got["category"].tolist()]
+        per_image = idx.names_in(images.ravel())
+        structs = [{"category": name, "per_image": per_image[k * n_images : (k + 1) * n_images]} for k, name in enumerate(names)]
         return ItemBatch(images, np.zeros(images.shape, dtype=bool), [[] for _ in range(n)], names, structs)

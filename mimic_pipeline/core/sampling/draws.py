@@ -32,6 +32,13 @@ def fill(n: int, tries: int, attempt: Attempt) -> dict[str, np.ndarray] | None:
     return out if n == 0 or (out is not None and not len(missing)) else None
 
 
+def expand_ranges(start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every position of the ranges [start[i], stop[i]) in turn: (the range each belongs to, position)."""
+    sizes = stop - start
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    return owner, np.arange(len(owner)) + np.repeat(start - (np.cumsum(sizes) - sizes), sizes)
+
+
 def uniform_below(rng: np.random.Generator, highs: np.ndarray) -> np.ndarray:
     """One integer uniform in [0, highs[i]) per entry (0 where highs[i] <= 0)."""
     highs = np.asarray(highs, dtype=np.int64)
@@ -60,13 +67,12 @@ def bits_of(positions: np.ndarray) -> np.ndarray:
 def pick_weighted(rng: np.random.Generator, owner: np.ndarray, weights: np.ndarray, rows: int) -> np.ndarray:
     """Per row, one of its entries (`owner` gives each entry's row, sorted) drawn with probability
     proportional to `weights`; -1 for rows whose weights are all 0."""
-    running = np.cumsum(weights, dtype=np.int64)
+    running = np.concatenate([[0], np.cumsum(weights, dtype=np.int64)])  # weight before each entry
     first = np.searchsorted(owner, np.arange(rows), side="left")
     last = np.searchsorted(owner, np.arange(rows), side="right")
-    before = np.where(first > 0, running[np.maximum(first - 1, 0)], 0) if len(running) else np.zeros(rows, np.int64)
-    total = (np.where(last > 0, running[np.maximum(last - 1, 0)], 0) if len(running) else 0) - before
-    # the entry whose running sum first passes a uniform point of the row's total (0-weight entries never do)
-    chosen = np.searchsorted(running, before + uniform_below(rng, total), side="right")
+    before, total = running[first], running[last] - running[first]
+    # the entry whose span of the running sum holds a uniform point of the row's total (0-weight entries have none)
+    chosen = np.searchsorted(running, before + uniform_below(rng, total), side="right") - 1
     return np.where(total > 0, chosen, -1)
 
 

@@ -36,10 +36,7 @@ class Families:
 
     def within(self, fams: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row, group) pairs: every group of row r's family whose children are a subset of allowed[r]."""
-        first = self.group_ptr[fams]
-        sizes = self.group_ptr[fams + 1] - first
-        row = np.repeat(np.arange(len(fams)), sizes)
-        group = np.arange(len(row)) - np.repeat(np.cumsum(sizes) - sizes, sizes) + np.repeat(first, sizes)
+        row, group = draws.expand_ranges(self.group_ptr[fams], self.group_ptr[fams + 1])
         fits = (self.group_mask[group] & ~allowed[row]) == 0
         return row[fits], group[fits]
 
@@ -48,11 +45,13 @@ class Families:
         weighed by size): (groups, images, masks), group -1 / image -1 / mask 0 where none is eligible."""
         row, group = pairs
         chosen = draws.pick_weighted(rng, row, np.where(eligible, self.group_size[group], 0), rows)
-        g = np.where(chosen >= 0, group[np.maximum(chosen, 0)] if len(group) else 0, -1)
-        start = self.image_ptr[np.maximum(g, 0)]
-        at = start + draws.uniform_below(rng, self.image_ptr[np.maximum(g, 0) + 1] - start)
-        image = np.where(g >= 0, self.images[np.minimum(at, len(self.images) - 1)] if len(self.images) else -1, -1)
-        return g, image, np.where(g >= 0, self.group_mask[np.maximum(g, 0)] if len(self.group_mask) else 0, 0)
+        found = chosen >= 0
+        g, image, mask = np.full(rows, -1, dtype=np.int64), np.full(rows, -1, dtype=np.int64), np.zeros(rows, dtype=np.int64)
+        g[found] = group[chosen[found]]
+        start = self.image_ptr[g[found]]
+        image[found] = self.images[start + draws.uniform_below(rng, self.image_ptr[g[found] + 1] - start)]
+        mask[found] = self.group_mask[g[found]]
+        return g, image, mask
 
     def cover(self, rng: np.random.Generator, fams: np.ndarray, subsets: np.ndarray, n: int):
         """Per row, `n` distinct images whose children are subsets of subsets[r] and together are exactly
@@ -116,7 +115,7 @@ def _build(index: SamplingIndex) -> Families:
         group_masks.append(masks)
         group_sizes.append(np.bincount(grouped >> 32, minlength=len(masks)))
         group_ptr.append(group_ptr[-1] + len(masks))
-        parts.append(grouped & 0xFFFFFFFF)
+        parts.append((grouped & 0xFFFFFFFF).astype(np.int32))  # image indices, as the index keeps them
         sizes.append(len(kinds))
         most.append(max((bin(int(m)).count("1") for m in masks), default=0))
         avoid.append(index.bits(kinds) | index.bits(index.ambiguity_set(parent)))
@@ -125,7 +124,7 @@ def _build(index: SamplingIndex) -> Families:
         np.array(sizes, dtype=np.int64), np.array(most, dtype=np.int64),
         np.stack(avoid) if avoid else np.zeros((0, index.words), np.uint64), np.array(group_ptr, dtype=np.int64),
         np.concatenate(group_masks).astype(np.int64) if group_masks else np.zeros(0, np.int64), image_ptr.astype(np.int64),
-        np.concatenate(parts) if parts else np.zeros(0, np.int64),
+        np.concatenate(parts) if parts else np.zeros(0, np.int32),
     )  # fmt: skip
 
 

@@ -100,8 +100,11 @@ def shuffle_rows(rng: np.random.Generator, *columns: np.ndarray, lengths: np.nda
     return [np.take_along_axis(c, order, axis=1) for c in columns]
 
 
+_STRUCT_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one encoder: json.dumps builds one per call
+
+
 def struct_json(struct: dict) -> str:
-    return json.dumps(struct, sort_keys=True, separators=(",", ":"))
+    return _STRUCT_ENCODER.encode(struct)
 
 
 def write_items(table: pa.Table, path: str | Path) -> Path:

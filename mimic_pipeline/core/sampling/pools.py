@@ -86,9 +86,16 @@ class SamplingIndex:
         """The images holding category `c` (sorted)."""
         return self.cat_img[self.cat_ptr[c] : self.cat_ptr[c + 1]]
 
-    def names_in(self, image: int) -> list[str]:
-        """The names of the categories an image holds, sorted (category order is name order)."""
-        return [self.names[c] for c in self.row_cat[int(self.row_ptr[image]) : int(self.row_ptr[image + 1])].tolist()]
+    def names_in(self, images: np.ndarray) -> list[list[str]]:
+        """Per image, the names of the categories it holds, sorted (category order is name order)."""
+        _, rows = draws.expand_ranges(self.row_ptr[images], self.row_ptr[images + 1])
+        names = self.name_array[self.row_cat[rows]].tolist()
+        ends = np.cumsum(self.row_ptr[images + 1] - self.row_ptr[images]).tolist()
+        return [names[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+
+    @cached_property
+    def name_array(self) -> np.ndarray:
+        return np.array(self.names, dtype=object)
 
     def counts_in(self, images: np.ndarray, cats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(count, crowd) of category cats[i] in image images[i] (0, False where it has none), for any

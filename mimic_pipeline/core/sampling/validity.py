@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import draws
 from .items import ItemBatch, ItemDraft
 from .pools import SamplingIndex
 
@@ -28,10 +29,7 @@ class _Rows:
         self.n_images = shown.sum(axis=1)
         self.slot_item, _ = np.nonzero(shown)  # slots: the shown images, item by item
         self.slot_image = images[shown]
-        start = index.row_ptr[self.slot_image]
-        sizes = index.row_ptr[self.slot_image + 1] - start
-        self.slot = np.repeat(np.arange(len(self.slot_image)), sizes)
-        at = np.arange(len(self.slot)) - np.repeat(np.cumsum(sizes) - sizes, sizes) + np.repeat(start, sizes)
+        self.slot, at = draws.expand_ranges(index.row_ptr[self.slot_image], index.row_ptr[self.slot_image + 1])
         self.item = self.slot_item[self.slot]
         self.cat = index.row_cat[at].astype(np.int64)
         self.count = index.row_cnt[at]
