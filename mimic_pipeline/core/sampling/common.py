@@ -23,10 +23,13 @@ class CommonSampler:
     def __init__(self, index: SamplingIndex):
         self.index = index
         self.classes = np.flatnonzero(index.leaf)
+        self.sole = sole_category(index)  # built here, before generation forks its workers
 
     def only_one_common(self, a: np.ndarray, sets: np.ndarray) -> np.ndarray:
         """(rows, sets): whether the images of sets[r, s] are distinct and have no category but a[r] in common."""
         rows, k, n_images = sets.shape
+        if n_images == 1:  # one image: it must hold a[r] alone (a look-up instead of its bitset)
+            return self.sole[sets[..., 0]] == a[:, None]
         common = self.index.present[sets[..., 0]]
         for j in range(1, n_images):
             common &= self.index.present[sets[..., j]]
@@ -61,3 +64,13 @@ class CommonSampler:
         per_image = idx.names_in(images.ravel())
         structs = [{"category": name, "per_image": per_image[k * n_images : (k + 1) * n_images]} for k, name in enumerate(names)]
         return ItemBatch(images, np.zeros(images.shape, dtype=bool), [[] for _ in range(n)], names, structs)
+
+
+def sole_category(index: SamplingIndex) -> np.ndarray:
+    """Per image, the one category it holds (-1 where it holds none or several)."""
+    out = np.full(index.n_images, -1, dtype=np.int32)
+    single = np.flatnonzero(np.bitwise_count(index.present).sum(axis=1, dtype=np.int32) == 1)
+    word = np.argmax(index.present[single] != 0, axis=1)
+    bit = np.log2(index.present[single, word].astype(np.float64)).astype(np.int32)  # exact for a power of two
+    out[single] = word * 64 + bit
+    return out
