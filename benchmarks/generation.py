@@ -50,6 +50,10 @@ import pyarrow.parquet as pq
 
 from report import freebase_ids, markdown_table, peak_rss_kib, plain_table  # sibling module: scripts run as benchmarks/X.py
 
+# the package of this checkout, not whichever one the interpreter has installed (an editable install of
+# another worktree would otherwise be measured while the table names this checkout's commit)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 SEED = 20240611
 TRAIN_ITEMS = 198_000
 OPENIMAGES_IMAGES = 1_740_000

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -21,13 +22,14 @@ from mimic_pipeline.core import catalog
 from mimic_pipeline.core.annotations.index import AnnotationIndex
 from mimic_pipeline.core.baselines import baseline_answers
 from mimic_pipeline.core.evaluation import metric_rows, score_predictions
+from mimic_pipeline.core.sampling import draws
 from mimic_pipeline.core.sampling.balance import answer_balance
 from mimic_pipeline.core.sampling.config import DEFAULT_STUDIES, TASKS, BenchmarkConfig, items_per_task, partitions
 from mimic_pipeline.core.sampling.generate import generate_task
-from mimic_pipeline.core.sampling.items import ItemDraft, write_items
+from mimic_pipeline.core.sampling.items import ItemBatch, ItemDraft, write_items
 from mimic_pipeline.core.sampling.listing import ListingSampler
 from mimic_pipeline.core.sampling.pools import SamplingError, build_sampling_index, image_positions
-from mimic_pipeline.core.sampling.validity import derive_answer, item_problems
+from mimic_pipeline.core.sampling.validity import batch_problems, derive_answer, item_problems
 
 IMAGE_ROOT = Path("/images/tiny")
 
@@ -460,7 +462,8 @@ def test_a_box_of_the_parent_class_keeps_an_image_from_serving_its_children(oi_w
 def test_a_box_of_a_non_leaf_child_keeps_an_image_from_serving_a_box_less_parent(oi_world, oi_items, task):
     """Food has no boxes; its child Fruit is not a leaf and has boxes. A "Fruit" box is some food that is
     none of Food's listed children (Bread, Cake), so an image holding one is ambiguous for Food
-    (pools.ambiguity_bits: "the parent class itself and any non-leaf descendant")."""
+    (SamplingIndex.ambiguity_set: "the parent class itself and every category below it that is not one of its
+    leaf children")."""
     fruit_box = {i for i, c in oi_world.contents.items() if "Fruit" in c}
     food_items = [r for r in rows_of(oi_items[task]) if r["query"] == ["Food"]]
     assert len(food_items) >= 5
@@ -501,9 +504,7 @@ def test_the_images_the_validity_cases_use(world):
     assert world.contents["img064"] == {"hammer": 1}
 
 
-@pytest.mark.parametrize(
-    ("task", "ids", "roles", "query", "answer", "problems"),
-    [
+VALIDITY_CASES = [
         ("counting", ["img020", "img064"], ["needle", "distractor"], ["apple"], "4", []),
         ("counting", ["img020", "img064"], ["needle", "distractor"], ["apple"], "5",
          ["answer '5' but the index gives '4'"]),
@@ -522,14 +523,30 @@ def test_the_images_the_validity_cases_use(world):
         ("odd_one", ["img005", "img013", "img001"], "needle", ["fruit"], "grape", []),
         ("odd_one", ["img005", "img013", "img001"], "needle", ["fruit"], "pear",
          ["answer 'pear' but the index gives 'grape'", "not exactly one minority child"]),
-    ],
-)  # fmt: skip
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("task", "ids", "roles", "query", "answer", "problems"), VALIDITY_CASES)
 def test_validity_engine_finds_exactly_the_problems(index, world, task, ids, roles, query, answer, problems):
     """`problems`: one text fragment per problem the engine must report, and no other problem."""
     found = item_problems(index, task, draft(index, ids, roles, query, answer))
     assert len(found) == len(problems) and all(any(p in f for f in found) for p in problems), found
     # the engine's derived answer is the dict's
     assert derive_answer(index, task, image_positions(index, ids), query) == world.answer(task, ids, query)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_validity_engine_judges_a_cell_item_by_item(index, task):
+    """Generation checks a whole cell at once: with good and bad items of several lengths mixed in one
+    batch, each item gets exactly the problems it has alone, and the good ones none."""
+    cases = [(ids, roles, query, answer) for t, ids, roles, query, answer, _ in VALIDITY_CASES if t == task]
+    drafts = [draft(index, *case) for case in cases]
+    drafts.append(draft(index, ["img020"], "needle", ["apple"], "4") if task == "counting" else
+                  draft(index, cases[0][0] + ["img064"], "needle", cases[0][2], "?"))  # fmt: skip
+    drafts.insert(1, drafts[-1])
+    alone = {k: item_problems(index, task, d) for k, d in enumerate(drafts)}
+    assert {k for k, found in alone.items() if found} != set() and [] in alone.values()
+    assert batch_problems(index, task, ItemBatch.from_drafts(drafts)) == {k: found for k, found in alone.items() if found}
 
 
 def test_validity_engine_catches_a_crowd_image(index):
@@ -917,3 +934,61 @@ def test_default_cells_per_task():
     assert [c.index for t in TASKS for c in cfg.cells(t)] == [*range(24), *range(15), *range(6), *range(5)]
     with pytest.raises(ValueError, match="unknown task"):
         cfg.cells("presence_of_mind")
+
+
+# ---- 9. the vectorised draws every sampler builds on ---------------------------------------------------
+
+
+def test_random_subsets_are_distinct_and_uniform():
+    rng = np.random.default_rng(0)
+    picks = draws.random_subsets(rng, np.full(20_000, 5), 2)
+    assert picks.shape == (20_000, 2) and (picks[:, 0] != picks[:, 1]).all() and picks.min() >= 0 and picks.max() < 5
+    pairs = Counter(tuple(sorted(p)) for p in picks.tolist())
+    assert len(pairs) == 10 and all(1800 < n < 2200 for n in pairs.values()), pairs  # 2,000 each expected
+    varied = draws.random_subsets(rng, np.array([3, 6, 1, 4]), np.array([3, 0, 1, 2]))
+    assert [sorted(r[r >= 0].tolist()) for r in varied][::2] == [[0, 1, 2], [0]]
+    assert [len(r[r >= 0]) for r in varied] == [3, 0, 1, 2] and varied[1].tolist() == [-1, -1, -1]
+
+
+def test_pick_weighted_follows_the_weights_and_skips_rows_without_any():
+    rng = np.random.default_rng(1)
+    owner = np.repeat(np.arange(3), [3, 2, 0])  # row 2 has no entries at all
+    weights = np.array([0, 1, 3, 0, 0])  # row 1: only zero weights
+    chosen = np.stack([draws.pick_weighted(rng, owner, weights, 3) for _ in range(4000)])
+    assert set(chosen[:, 1].tolist()) == {-1} and set(chosen[:, 2].tolist()) == {-1}
+    share = Counter(chosen[:, 0].tolist())
+    assert set(share) == {1, 2} and 0.72 < share[2] / 4000 < 0.78  # 3 of 4 expected
+
+
+def test_stratified_takes_answers_in_turn_latest_draft_first():
+    rng = np.random.default_rng(2)
+    answers = np.array([1, 1, 1, 2, 2, 3])
+    assert sorted(draws.stratified(rng, answers, 4).tolist()) == [1, 2, 4, 5]  # 1, 2, 3 (latest of each), then 1 again
+    assert len(draws.stratified(rng, answers, 9)) == 6  # short: the caller reports it
+
+
+def test_fill_keeps_each_row_in_place_and_gives_up_after_its_tries():
+    rng = np.random.default_rng(3)
+
+    def attempt(rows: int):
+        value = rng.random(rows)
+        return value < 0.3, {"value": value, "pair": np.stack([value, -value], axis=1)}
+
+    got = draws.fill(500, 100, attempt)
+    assert (got["value"] < 0.3).all() and (got["pair"][:, 0] == -got["pair"][:, 1]).all()
+    assert len(set(got["value"].tolist())) == 500
+    assert draws.fill(5, 3, lambda rows: (np.zeros(rows, bool), {"value": np.zeros(rows)})) is None
+
+
+def test_draw_free_finds_rare_free_images_and_fails_when_too_few():
+    """300 images, all but 4 holding an apple: the random rounds mostly miss, the exhaustive pass finds
+    the rest; asking for more free images than exist is an error naming the cause."""
+    contents = {f"a{i:03d}": {"apple": 1} for i in range(296)} | {f"f{i}": {"pear": 1} for i in range(4)}
+    index = World("rare", "val", contents, [("apple", "fruit"), ("pear", "fruit")]).sampling_index()
+    apple = index.name_index["apple"]
+    free = set(image_positions(index, [f"f{i}" for i in range(4)]))
+    taken = np.array([[min(free)]] * 50)
+    got = index.draw_free(np.random.default_rng(4), index.counted_bits[[apple] * 50], np.full(50, 3), taken)
+    assert all(set(row) == free - {min(free)} for row in got.tolist())
+    with pytest.raises(SamplingError, match="fewer than 4 images free"):
+        index.draw_free(np.random.default_rng(5), index.counted_bits[[apple]], np.array([4]), taken[:1])

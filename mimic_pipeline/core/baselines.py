@@ -15,8 +15,9 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
+from .sampling.items import padded_rows
 from .sampling.pools import SamplingIndex, image_positions
-from .sampling.validity import derive_answer
+from .sampling.validity import derive_answers
 from .text import number_word, pluralize
 
 BASELINES = ("oracle", "majority", "random")
@@ -38,11 +39,14 @@ def phrase(task: str, answer: str, rng: np.random.Generator) -> str:
 
 def oracle_answers(items: pa.Table, index: SamplingIndex, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
-    out = []
-    for task, ids, query in zip(items.column("task").to_pylist(), items.column("image_ids").to_pylist(),
-                                items.column("query").to_pylist()):  # fmt: skip
-        out.append(phrase(task, derive_answer(index, task, image_positions(index, ids), query), rng))
-    return out
+    tasks, ids, query = (items.column(c).to_pylist() for c in ("task", "image_ids", "query"))
+    answers: list[str] = [""] * len(tasks)
+    for task in sorted(set(tasks)):  # the validity engine derives a task's answers at once
+        at = [k for k, t in enumerate(tasks) if t == task]
+        images = padded_rows([image_positions(index, ids[k]) for k in at])
+        for k, answer in zip(at, derive_answers(index, task, images, [query[k] for k in at])):
+            answers[k] = answer
+    return [phrase(task, answer, rng) for task, answer in zip(tasks, answers)]
 
 
 def _answers_by_study(items: pa.Table) -> dict[tuple[str, str], Counter]:

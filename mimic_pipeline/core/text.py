@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import lru_cache
 
 # Irregular singular -> plural. Looked up by whole word: "human" must not become "humen".
 _IRREGULAR = {
@@ -91,6 +92,7 @@ def _pluralize_word(word: str) -> str:
     return _same_case(word, _regular_plural(lower))
 
 
+@lru_cache(maxsize=65_536)  # a few thousand category names, asked for on every question
 def pluralize(name: str) -> str:
     """The plural of a category name for question templates, keeping its capitalisation.
 

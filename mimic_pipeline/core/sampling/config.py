@@ -14,7 +14,7 @@ from functools import cached_property
 
 from ..files import config_hash
 
-GENERATOR_VERSION = "mimic-sampler/1"
+GENERATOR_VERSION = "mimic-sampler/2"
 TASKS = ("counting", "listing", "common", "odd_one")
 
 DEFAULT_STUDIES: dict[str, dict[str, dict]] = {

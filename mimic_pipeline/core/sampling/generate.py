@@ -21,12 +21,12 @@ import pyarrow.compute as pc
 from .common import CommonSampler
 from .config import GENERATOR_VERSION, TASKS, BenchmarkConfig, Cell, items_per_task
 from .counting import CountingSampler
-from .items import AXIS_COLUMNS, ITEM_SCHEMA, ItemDraft, struct_json, write_items, write_llava_json
+from .items import AXIS_COLUMNS, ITEM_SCHEMA, ItemBatch, struct_json, write_items, write_llava_json
 from .listing import ListingSampler
 from .odd_one import OddOneSampler
 from .pools import SamplingError, SamplingIndex
-from .templates import render_question
-from .validity import item_problems
+from .templates import render_questions
+from .validity import batch_problems
 
 SAMPLERS = {"counting": CountingSampler, "listing": ListingSampler, "common": CommonSampler, "odd_one": OddOneSampler}
 PURPOSES = {"eval": 1, "train": 2}
@@ -97,12 +97,13 @@ def _generate_cell(job: tuple[Cell, int]) -> pa.Table:
     cell, n = job
     index, cfg, purpose, image_root = _WORKER_STATE
     rng = cell_rng(cfg, purpose, cell)
-    drafts = _sampler(index, cell.task).sample(cell, cfg.settings(cell.task, cell.axis), rng, n)
-    for k, draft in enumerate(drafts):
-        problems = item_problems(index, cell.task, draft)
-        if problems:
-            raise SamplingError(f"{cell.task}/{cell.axis}={cell.axis_value} item {k} is invalid (a sampler bug): {problems}")
-    return _cell_table(index, cfg, purpose, cell, drafts, rng, image_root)
+    batch = _sampler(index, cell.task).sample(cell, cfg.settings(cell.task, cell.axis), rng, n)
+    problems = batch_problems(index, cell.task, batch)
+    if problems:
+        k = min(problems)
+        raise SamplingError(f"{cell.task}/{cell.axis}={cell.axis_value}: {len(problems)} invalid items (a sampler bug), "
+                            f"item {k}: {problems[k]}")  # fmt: skip
+    return _cell_table(index, cfg, purpose, cell, batch, rng, image_root)
 
 
 def _sampler(index: SamplingIndex, task: str):
@@ -113,39 +114,41 @@ def _sampler(index: SamplingIndex, task: str):
     return index.extra[key]
 
 
-def _cell_table(index: SamplingIndex, cfg: BenchmarkConfig, purpose: str, cell: Cell, drafts: list[ItemDraft],
+def _cell_table(index: SamplingIndex, cfg: BenchmarkConfig, purpose: str, cell: Cell, batch: ItemBatch,
                 rng: np.random.Generator, image_root: str) -> pa.Table:  # fmt: skip
-    """The rows of one cell: per-item fields in Python, the image lists gathered from the index in bulk."""
-    n = len(drafts)
-    safe_value = cell.axis_value.replace("/", "_")
-    names_asked = cell.task == "counting"
-    parent_asked = cell.task in ("listing", "odd_one")
-    questions = [render_question(cell.task, rng, len(d.images), names=d.query if names_asked else (),
-                                 parent=d.query[0] if parent_asked else "") for d in drafts]  # fmt: skip
-    axis_values = []
-    for d in drafts:
-        values = {**dict(cell.values), **d.axis_values, "n_images": len(d.images)}
-        if cell.axis == "distractors":
-            values["n_distractors"] = d.roles.count("distractor")
-        axis_values.append(values)
-
-    lengths = np.fromiter((len(d.images) for d in drafts), dtype=np.int32, count=n)
+    """The rows of one cell: list columns gathered from the batch's arrays in bulk, text fields per item."""
+    n = len(batch)
+    shown = batch.images >= 0
+    lengths = shown.sum(axis=1)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-    flat = pa.array(np.concatenate([np.asarray(d.images, dtype=np.int64) for d in drafts]) if n else [], pa.int64())
+    flat = pa.array(batch.images[shown])
     files = index.file_names.take(flat)
     paths = pc.binary_join_element_wise(image_root + "/", files, "") if image_root else files
+    roles = pa.array(["needle", "distractor"]).take(pa.array(batch.distractor[shown].astype(np.int8)))
+    questions, template_ids = render_questions(
+        cell.task, rng, lengths.tolist(), names=batch.query if cell.task == "counting" else None,
+        parents=[q[0] for q in batch.query] if cell.task in ("listing", "odd_one") else None)  # fmt: skip
+    values = {**dict(cell.values), "n_images": lengths}
+    if cell.axis == "distractors":
+        values["n_distractors"] = batch.distractor.sum(axis=1)
+    safe_value = cell.axis_value.replace("/", "_")
+
+    def same(value, column: str) -> pa.Array:
+        return pa.repeat(pa.scalar(value, ITEM_SCHEMA.field(column).type), n)
+
     columns = {
-        "item_id": [f"{purpose}.{cell.task}.{cell.axis}.{safe_value}.{k:05d}" for k in range(n)],
-        "task": [cell.task] * n, "axis": [cell.axis] * n, "axis_value": [cell.axis_value] * n,
-        **{col: [v.get(col) for v in axis_values] for col in AXIS_COLUMNS},
-        "query": [list(d.query) for d in drafts],
+        "item_id": pa.array([f"{purpose}.{cell.task}.{cell.axis}.{safe_value}.{k:05d}" for k in range(n)]),
+        "task": same(cell.task, "task"), "axis": same(cell.axis, "axis"), "axis_value": same(cell.axis_value, "axis_value"),
+        **{col: pa.array(values[col], t) if isinstance(values.get(col), np.ndarray) else same(values.get(col), col)
+           for col, t in AXIS_COLUMNS.items()},
+        "query": pa.array(batch.query, pa.list_(pa.string())),
         "image_ids": pa.ListArray.from_arrays(offsets, index.image_ids.take(flat)),
         "image_paths": pa.ListArray.from_arrays(offsets, paths),
-        "image_roles": [list(d.roles) for d in drafts],
-        "question": [q for q, _ in questions], "template_id": [t for _, t in questions],
-        "answer": [d.answer for d in drafts], "answer_struct": [struct_json(d.answer_struct) for d in drafts],
-        "source": [index.source] * n, "split": [index.split] * n, "seed": [cfg.seed] * n,
-        "generator_version": [GENERATOR_VERSION] * n, "config_hash": [cfg.hash] * n,
+        "image_roles": pa.ListArray.from_arrays(offsets, roles),
+        "question": pa.array(questions, pa.string()), "template_id": pa.array(template_ids, pa.int32()),
+        "answer": pa.array(batch.answers, pa.string()), "answer_struct": pa.array([struct_json(s) for s in batch.structs], pa.string()),
+        "source": same(index.source, "source"), "split": same(index.split, "split"), "seed": same(cfg.seed, "seed"),
+        "generator_version": same(GENERATOR_VERSION, "generator_version"), "config_hash": same(cfg.hash, "config_hash"),
     }  # fmt: skip
     return pa.table(columns, schema=ITEM_SCHEMA)
 

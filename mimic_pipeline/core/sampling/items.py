@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,24 +42,69 @@ ITEM_SCHEMA = pa.schema(
 
 @dataclass
 class ItemDraft:
-    """What a task sampler decides; `generate` turns it into a row."""
+    """One item as plain lists (hand-made items, items read back from a table)."""
 
     images: list[int]  # image indices into the SamplingIndex, in presentation order
     roles: list[str]  # per image: "needle" (holds what is asked about) or "distractor" (holds none of it)
     query: list[str]  # counted class names (Counting), the parent (Listing, Odd-One), empty (Common)
     answer: str
     answer_struct: dict
-    axis_values: dict = field(default_factory=dict)  # per-item axis values beyond the cell's (none so far)
 
 
-def shuffled(rng: np.random.Generator, images: list[int], roles: list[str], per_image: list) -> tuple[list, list, list]:
-    """Present the images in a random order (needles must not always come first)."""
-    order = rng.permutation(len(images)).tolist()
-    return [images[i] for i in order], [roles[i] for i in order], [per_image[i] for i in order]
+@dataclass
+class ItemBatch:
+    """The items of one cell as arrays: what a sampler returns, the validity engine checks and
+    `generate` turns into rows. Rows may hold fewer images than `images` has columns: the rest is -1."""
+
+    images: np.ndarray  # (items, width) int64 image indices in presentation order, -1 after the last image
+    distractor: np.ndarray  # (items, width) bool: the image holds none of what is asked about
+    query: list[list[str]]  # per item: counted class names (Counting), the parent (Listing, Odd-One), [] (Common)
+    answers: list[str]
+    structs: list[dict]  # per item: the answer's evidence (per-image counts or categories), written as JSON
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return (self.images >= 0).sum(axis=1)
+
+    @classmethod
+    def from_drafts(cls, drafts: list[ItemDraft]) -> ItemBatch:
+        images = padded_rows([d.images for d in drafts])
+        distractor = np.zeros(images.shape, dtype=bool)
+        for k, d in enumerate(drafts):
+            shown = min(len(d.images), len(d.roles))
+            distractor[k, :shown] = [r == "distractor" for r in d.roles[:shown]]
+        return cls(images, distractor, [list(d.query) for d in drafts], [d.answer for d in drafts],
+                   [d.answer_struct for d in drafts])  # fmt: skip
+
+
+def padded_rows(image_lists: list[list[int]]) -> np.ndarray:
+    """Image lists as one (lists, longest) int64 array, -1 after each list's end."""
+    width = max((len(images) for images in image_lists), default=0)
+    out = np.full((len(image_lists), width), -1, dtype=np.int64)
+    for k, images in enumerate(image_lists):
+        out[k, : len(images)] = images
+    return out
+
+
+def shuffle_rows(rng: np.random.Generator, *columns: np.ndarray, lengths: np.ndarray | None = None) -> list[np.ndarray]:
+    """Each row's first `lengths` entries in a random order, the same for every column (needles must
+    not always come first); entries past a row's length stay where they are."""
+    rows, width = columns[0].shape
+    keys = rng.random((rows, width))
+    if lengths is not None:
+        keys[np.arange(width) >= lengths[:, None]] = 2.0  # past the end: sorts last, in place
+    order = np.argsort(keys, axis=1, kind="stable")
+    return [np.take_along_axis(c, order, axis=1) for c in columns]
+
+
+_STRUCT_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one encoder: json.dumps builds one per call
 
 
 def struct_json(struct: dict) -> str:
-    return json.dumps(struct, sort_keys=True, separators=(",", ":"))
+    return _STRUCT_ENCODER.encode(struct)
 
 
 def write_items(table: pa.Table, path: str | Path) -> Path:

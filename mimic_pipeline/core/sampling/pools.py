@@ -24,6 +24,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from . import draws
 
 MAX_CHILDREN = 62  # leaf children per Listing / Odd-One parent (bits of an int64 mask)
 
@@ -33,10 +34,21 @@ class SamplingError(RuntimeError):
 
 
 @dataclass
-class CategoryPool:
-    images: np.ndarray  # int32 image indices holding the category (sorted)
-    counts: np.ndarray  # int32 instance counts in those images
-    crowd: np.ndarray  # bool: a crowd/group box of the category in the image
+class CountPools:
+    """The images that can serve as needles of a class with exactly k instances (no crowd box of the
+    class, no box of a class above it), for every (class, k), in one array ordered by class then k."""
+
+    images: np.ndarray  # image indices
+    start: np.ndarray  # (categories, most + 2): pool (c, k) is images[start[c, k]:start[c, k + 1]]
+
+    def sizes(self, c, k) -> np.ndarray:
+        return self.start[c, np.asarray(k) + 1] - self.start[c, k]
+
+    @cached_property
+    def max_count(self) -> np.ndarray:
+        """Per class, the largest k with a non-empty pool (0 if none)."""
+        nonempty = np.diff(self.start, axis=1) > 0
+        return np.where(nonempty.any(axis=1), nonempty.shape[1] - 1 - np.argmax(nonempty[:, ::-1], axis=1), 0)
 
 
 @dataclass
@@ -45,12 +57,16 @@ class SamplingIndex:
     split: str
     image_ids: pa.StringArray  # one per image index, sorted
     file_names: pa.StringArray
-    names: list[str]  # category index -> name (thing categories present in this split)
+    names: list[str]  # category index -> name (thing categories present in this split), sorted by name
     category_ids: list[str]
     ancestor_names: list[set[str]]  # category -> every name above it in the hierarchy (box-less parents too)
     children_of: dict[str, list[int]]  # parent name -> leaf children (category indices), >= 2 of them
     present: np.ndarray  # (n_images, words) uint64
-    pools: list[CategoryPool]
+    # per category (CSR, sorted by category then image): the images holding it, with count and crowd flag
+    cat_ptr: np.ndarray
+    cat_img: np.ndarray
+    cat_cnt: np.ndarray
+    cat_crowd: np.ndarray
     leaf: np.ndarray  # bool per category
     # the same rows per image (CSR, sorted by image then category): cheap exact look-ups of one image,
     # used by the validity engine so that it reads the index another way than the samplers' bitsets do
@@ -66,22 +82,45 @@ class SamplingIndex:
     def file_name(self, image: int) -> str:
         return self.file_names[image].as_py()
 
-    def entries(self, image: int) -> dict[int, tuple[int, bool]]:
-        """{category: (count, crowd)} of one image."""
-        a, b = int(self.row_ptr[image]), int(self.row_ptr[image + 1])
-        return dict(zip(self.row_cat[a:b].tolist(), zip(self.row_cnt[a:b].tolist(), self.row_crowd[a:b].tolist())))
+    def images_of(self, c: int) -> np.ndarray:
+        """The images holding category `c` (sorted)."""
+        return self.cat_img[self.cat_ptr[c] : self.cat_ptr[c + 1]]
 
-    def categories_in(self, image: int) -> set[int]:
-        return set(self.row_cat[int(self.row_ptr[image]) : int(self.row_ptr[image + 1])].tolist())
+    def names_in(self, images: np.ndarray) -> list[list[str]]:
+        """Per image, the names of the categories it holds, sorted (category order is name order)."""
+        _, rows = draws.expand_ranges(self.row_ptr[images], self.row_ptr[images + 1])
+        names = self.name_array[self.row_cat[rows]].tolist()
+        ends = np.cumsum(self.row_ptr[images + 1] - self.row_ptr[images]).tolist()
+        return [names[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+
+    @cached_property
+    def name_array(self) -> np.ndarray:
+        return np.array(self.names, dtype=object)
+
+    def counts_in(self, images: np.ndarray, cats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(count, crowd) of category cats[i] in image images[i] (0, False where it has none), for any
+        shape of (broadcast) arrays: a binary search in each image's rows, every pair at once."""
+        images, cats = np.broadcast_arrays(np.asarray(images, dtype=np.int64), np.asarray(cats, dtype=np.int64))
+        lo, end = self.row_ptr[images], self.row_ptr[images + 1]
+        hi = end.copy()
+        last = max(len(self.row_cat) - 1, 0)
+        while (searching := lo < hi).any():
+            mid = (lo + hi) // 2
+            below = self.row_cat[np.minimum(mid, last)] < cats
+            lo = np.where(searching & below, mid + 1, lo)
+            hi = np.where(searching & ~below, mid, hi)
+        at = np.minimum(lo, last)
+        found = (lo < end) & (self.row_cat[at] == cats)
+        return np.where(found, self.row_cnt[at], 0), found & self.row_crowd[at]
 
     @cached_property
     def name_index(self) -> dict[str, int]:
         return {n: i for i, n in enumerate(self.names)}
 
     def ambiguity_set(self, parent: str) -> set[int]:
-        """The categories of `ambiguity_bits` as a set: the parent class itself and every category below
-        it that is not one of its leaf children (a "Fruit" box, or a "Pear" box two levels down, is food
-        but none of the kinds a Listing of "Food" asks for)."""
+        """The parent class itself and every category below it that is not one of its leaf children
+        (a "Fruit" box, or a "Pear" box two levels down, is food but none of the kinds a Listing of
+        "Food" asks for): an image holding one is ambiguous for the parent."""
         key = ("ambiguity_set", parent)
         if key not in self.extra:
             children = set(self.children_of.get(parent, ()))
@@ -89,6 +128,42 @@ class SamplingIndex:
             if parent in self.name_index:
                 out.add(self.name_index[parent])
             self.extra[key] = out
+        return self.extra[key]
+
+    @cached_property
+    def ancestor_matrix(self) -> np.ndarray:
+        """(categories + 1, categories) bool: [c, a] is whether a lies above c (see `ancestors`); the
+        last row stands for "no class" (padding of a query) and is all False."""
+        out = np.zeros((len(self.names) + 1, len(self.names)), dtype=bool)
+        for c, above in enumerate(self.ancestors):
+            out[c, list(above)] = True
+        return out
+
+    @cached_property
+    def parent_names(self) -> list[str]:
+        """The Listing / Odd-One parents, sorted; a parent's position is its row in `kind_tables`."""
+        return sorted(self.children_of)
+
+    @cached_property
+    def kind_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """(kind_bit, ambiguous), each (parents + 1, categories): the bit of category c among parent p's
+        leaf children (-1 if none of them), and whether c makes an image ambiguous for p
+        (`ambiguity_set`). The last row stands for an unknown parent: no kinds, nothing ambiguous."""
+        n_parents, n_cats = len(self.parent_names), len(self.names)
+        kind_bit = np.full((n_parents + 1, n_cats), -1, dtype=np.int8)
+        ambiguous = np.zeros((n_parents + 1, n_cats), dtype=bool)
+        for p, parent in enumerate(self.parent_names):
+            kind_bit[p, self.children_of[parent]] = np.arange(len(self.children_of[parent]))
+            ambiguous[p, list(self.ambiguity_set(parent))] = True
+        return kind_bit, ambiguous
+
+    def kind_names(self, parent: int, mask: int) -> list[str]:
+        """The sorted names of the kinds of parent (position in `parent_names`) whose bits `mask` sets
+        (cached: few distinct masks, asked for on every item; callers must not change the list)."""
+        key = ("kind_names", parent, mask)
+        if key not in self.extra:
+            kinds = self.children_of[self.parent_names[parent]]
+            self.extra[key] = sorted(self.names[c] for j, c in enumerate(kinds) if mask >> j & 1)
         return self.extra[key]
 
     @property
@@ -111,76 +186,80 @@ class SamplingIndex:
         """Per category, the categories above it that this split has boxes of."""
         return [{self.name_index[a] for a in above if a in self.name_index} for above in self.ancestor_names]
 
+    @cached_property
+    def class_bits(self) -> np.ndarray:
+        """(categories, words): each category's own bit."""
+        return np.stack([self.bits([c]) for c in range(len(self.names))]) if self.names else np.zeros((0, self.words), np.uint64)
+
+    @cached_property
+    def counted_bits(self) -> np.ndarray:
+        """(categories, words): a category and every category above it; an image holding none of them
+        can stand beside the category's needles as a distractor."""
+        return np.stack([self.bits({c} | self.ancestors[c]) for c in range(len(self.names))]) if self.names else self.class_bits
+
     def has_any(self, images: np.ndarray, bits: np.ndarray) -> np.ndarray:
-        """Whether each image (any shape of indices) holds any category of `bits`."""
-        return np.any(self.present[images] & bits, axis=-1)
+        """Whether each image (any shape of indices) holds any category of `bits`; reads only the
+        words that have bits set (most queries name a few categories)."""
+        images = np.asarray(images)
+        out = np.zeros(images.shape, dtype=bool)
+        for w in np.flatnonzero(bits).tolist():
+            out |= (self.present[images, w] & bits[w]) != 0
+        return out
 
-    def count_pool(self, c: int, k: int) -> np.ndarray:
-        """Images with exactly `k` instances of `c`, no crowd box of it and no box of an ancestor."""
-        images, counts = self.usable(c)
-        return images[counts == k]
+    def has_any_of_row(self, images: np.ndarray, bits: np.ndarray) -> np.ndarray:
+        """Whether images[r, j] holds any category of bits[r] (one bitset per row)."""
+        return (self.present[images] & bits[:, None, :]).any(axis=-1)
 
-    def usable_images(self, c: int) -> np.ndarray:
-        """Images holding `c` that can serve as its needles (no crowd box, no ancestor box)."""
-        return self.usable(c)[0]
+    @cached_property
+    def count_pools(self) -> CountPools:
+        """Built once per index, before generation forks its workers (they share it)."""
+        keep = ~self.cat_crowd
+        for c, above in enumerate(self.ancestors):
+            if above:
+                a, b = self.cat_ptr[c], self.cat_ptr[c + 1]
+                keep[a:b] &= ~self.has_any(self.cat_img[a:b], self.bits(above))
+        cats = np.repeat(np.arange(len(self.names)), np.diff(self.cat_ptr))[keep]
+        counts = self.cat_cnt[keep]
+        most = int(counts.max()) if len(counts) else 0
+        # rows are in category order already: a stable sort by (category, count) keeps images in order
+        # (keys in the smallest integer type: numpy sorts 16-bit keys by radix, in linear time)
+        key = cats * (most + 1) + counts
+        order = np.argsort(key.astype(np.min_scalar_type(len(self.names) * (most + 1))), kind="stable")
+        key = key[order]
+        start = np.searchsorted(key, np.arange(len(self.names))[:, None] * (most + 1) + np.arange(most + 2))
+        return CountPools(self.cat_img[keep][order], start)
 
-    def usable(self, c: int) -> tuple[np.ndarray, np.ndarray]:
-        """(images, counts) of `c` that can serve as needles; computed once per category."""
-        key = ("usable", c)
-        if key not in self.extra:
-            pool = self.pools[c]
-            keep = ~pool.crowd
-            if self.ancestors[c]:
-                keep &= ~self.has_any(pool.images, self.bits(self.ancestors[c]))
-            self.extra[key] = (pool.images[keep], pool.counts[keep])
-        return self.extra[key]
+    def draw_free(self, rng: np.random.Generator, avoid: np.ndarray, wanted: np.ndarray, taken: np.ndarray) -> np.ndarray:
+        """Per row, `wanted[r]` distinct random images holding no category of the bitset avoid[r] and
+        not in taken[r]; (rows, max wanted), -1 after a row's images.
 
-    def draw_without(self, rng: np.random.Generator, avoid: np.ndarray, n: int, exclude=()) -> np.ndarray:
-        """`n` distinct random images holding no category of the bitset `avoid` (and not in `exclude`).
-
-        Rejection sampling in a few vectorised rounds (cheap when such images are common); when they
-        are rare, every image is tested once and the draw is made from those that qualify, so it never
-        loops and fails only when there are too few.
+        Rejection sampling in a few vectorised rounds, candidates taken in order (cheap when such
+        images are common); rows still short then test every image once and draw from those that
+        qualify, so it never loops and fails only when there are too few.
         """
-        chosen: list[int] = []
-        taken = set(int(i) for i in exclude)
+        wanted = np.asarray(wanted, dtype=np.int64)
+        out = np.full((len(wanted), int(wanted.max()) if len(wanted) else 0), -1, dtype=np.int64)
+        got = np.zeros(len(wanted), dtype=np.int64)
         for _ in range(3):
-            cand = rng.integers(0, self.n_images, size=max(4 * n, 16))
-            for i in cand[~self.has_any(cand, avoid)].tolist():
-                if i not in taken:
-                    taken.add(i)
-                    chosen.append(i)
-                    if len(chosen) == n:
-                        return np.array(chosen, dtype=np.int64)
-        free = np.flatnonzero(~self.has_any(np.arange(self.n_images), avoid))
-        free = free[~np.isin(free, list(taken))]
-        if len(free) < n - len(chosen):
-            raise SamplingError(f"{self.source}/{self.split}: fewer than {n} images free of the queried categories "
-                                f"(and of what is ambiguous for them) exist; the index is too small")  # fmt: skip
-        chosen += rng.choice(free, size=n - len(chosen), replace=False).tolist()
-        return np.array(chosen, dtype=np.int64)
-
-    def parent_masks(self, parent: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For a Listing/Odd-One parent: (children, images, masks) where `masks[i]` is the bitmask of the
-        parent's children (bit j = children[j]) in image `images[i]`; ambiguous images excluded."""
-        key = ("parent_masks", parent)
-        if key not in self.extra:
-            children = np.array(self.children_of[parent], dtype=np.int64)
-            mask = np.zeros(self.n_images, dtype=np.int64)
-            for j, c in enumerate(children):
-                mask[self.pools[int(c)].images] |= 1 << j
-            images = np.flatnonzero(mask)
-            keep = ~self.has_any(images, self.ambiguity_bits(parent))
-            self.extra[key] = (children, images[keep], mask[images[keep]])
-        return self.extra[key]
-
-    def ambiguity_bits(self, parent: str) -> np.ndarray:
-        """Categories whose presence makes an image ambiguous for `parent` (see `ambiguity_set`)."""
-        return self.bits(self.ambiguity_set(parent))
-
-    def family_bits(self, parent: str) -> np.ndarray:
-        """The parent's children plus everything that makes an image ambiguous for it (distractors hold none)."""
-        return self.bits(self.children_of[parent]) | self.ambiguity_bits(parent)
+            short = np.flatnonzero(got < wanted)
+            if not len(short):
+                return out
+            need = wanted[short] - got[short]
+            cand = rng.integers(0, self.n_images, size=(len(short), max(4 * int(need.max()), 16)))
+            held = np.concatenate([taken[short], out[short]], axis=1)
+            ok = ~self.has_any_of_row(cand, avoid[short]) & ~(cand[:, :, None] == held[:, None, :]).any(axis=2)
+            ok &= ~draws.repeats_earlier(cand)
+            rows, cols, rank = draws.place_first(ok, need)
+            out[short[rows], got[short][rows] + rank] = cand[rows, cols]
+            got[short] += np.minimum(ok.sum(axis=1), need)
+        for r in np.flatnonzero(got < wanted).tolist():
+            free = np.flatnonzero(~self.has_any(np.arange(self.n_images), avoid[r]))
+            free = free[~np.isin(free, np.concatenate([taken[r], out[r]]))]
+            if len(free) < wanted[r] - got[r]:
+                raise SamplingError(f"{self.source}/{self.split}: fewer than {wanted[r]} images free of the queried categories "
+                                    f"(and of what is ambiguous for them) exist; the index is too small")  # fmt: skip
+            out[r, got[r] : wanted[r]] = rng.choice(free, size=wanted[r] - got[r], replace=False)
+        return out
 
 
 def _above(name: str, parents_of: dict[str, set[str]]) -> set[str]:
@@ -276,12 +355,11 @@ def _build(con: duckdb.DuckDBPyConnection, source: str, split: str) -> SamplingI
     words = max(1, (len(names) + 63) // 64)
     present = np.zeros((n_images, words), dtype=np.uint64)
     np.bitwise_or.at(present, (row_img, row_cat // 64), np.left_shift(np.uint64(1), (row_cat % 64).astype(np.uint64)))
-    # per category: one sorted copy of the rows, each pool a view into it
+    # per category (CSR): the counting pools and families are cut from these
     order = np.lexsort((row_img, row_cat))
     by_cat = (row_img[order], row_cnt[order], row_crowd[order])
-    bounds = np.searchsorted(row_cat[order], np.arange(len(names) + 1))
+    cat_ptr = np.searchsorted(row_cat[order], np.arange(len(names) + 1)).astype(np.int64)
     del order
-    pools = [CategoryPool(by_cat[0][a:b], by_cat[1][a:b], by_cat[2][a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     # per image (CSR): the validity engine's look-ups
     order = np.lexsort((row_cat, row_img))
     row_ptr = np.searchsorted(row_img[order], np.arange(n_images + 1)).astype(np.int64)
@@ -291,7 +369,7 @@ def _build(con: duckdb.DuckDBPyConnection, source: str, split: str) -> SamplingI
     image_ids = images.column("image_id").combine_chunks()
     file_names = images.column("file_name").combine_chunks()
     return SamplingIndex(source, split, image_ids, file_names, names, ordered, ancestor_names, children_of,
-                         present, pools, leaf, row_ptr, *csr)  # fmt: skip
+                         present, cat_ptr, *by_cat, leaf, row_ptr, *csr)  # fmt: skip
 
 
 def image_positions(index: SamplingIndex, image_ids: list[str]) -> list[int]:

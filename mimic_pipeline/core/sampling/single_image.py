@@ -16,7 +16,6 @@ import pyarrow as pa
 
 from ..text import pluralize
 from .config import GENERATOR_VERSION, items_per_task
-from .counting import image_count
 from .families import families
 from .items import AXIS_COLUMNS, ITEM_SCHEMA, struct_json
 from .pools import SamplingError, SamplingIndex
@@ -35,13 +34,13 @@ def _class_question(index: SamplingIndex, rng: np.random.Generator, classes: lis
     for _ in range(MAX_TRIES):
         c = classes[int(rng.integers(0, len(classes)))]
         if present:
-            pool = index.pools[c].images
+            pool = index.images_of(c)
             image = int(pool[rng.integers(0, len(pool))])
         else:
             image = int(rng.integers(0, index.n_images))
-        count = image_count(index, c, image)
+        count, crowd = (int(v) for v in index.counts_in(image, c))
         ambiguous = index.ancestors[c] and index.has_any(np.array([image]), index.bits(index.ancestors[c]))[0]
-        if count is not None and (count > 0) == present and not ambiguous:
+        if not crowd and (count > 0) == present and not ambiguous:
             return image, c, count
     raise SamplingError(f"{index.source}/{index.split}: no unambiguous {'positive' if present else 'negative'} "
                         f"single-image question found in {MAX_TRIES} tries")  # fmt: skip
@@ -54,7 +53,7 @@ def generate_single_image(
     rng = np.random.default_rng([seed, 3])
     classes = [c for c in range(len(index.names)) if index.leaf[c]]
     fams = families(index)
-    parents = sorted(fams)
+    parents = index.parent_names
     image_root = Path(image_root)
     rows = []
     for kind, n in items_per_task(n_items, mix or DEFAULT_SINGLE_IMAGE_MIX).items():
@@ -70,11 +69,15 @@ def generate_single_image(
             elif kind == "listing":
                 if not parents:
                     raise SamplingError(f"{index.source}/{index.split}: no parent with two leaf children for listing")
-                fam = fams[parents[int(rng.integers(0, len(parents)))]]
-                (image,), (mask,) = fam.draw(rng, (1 << fam.size) - 1, 1)
-                names = fam.names(index, mask)
-                query, struct = [fam.parent], {"categories": names, "per_image": [names]}
-                question, answer = QUESTIONS[kind].format(parent=fam.parent), ", ".join(names)
+                f = np.array([rng.integers(0, len(parents))])
+                everything = np.left_shift(1, fams.size[f]) - 1
+                pairs = fams.within(f, everything)
+                _, (image,), (mask,) = fams.draw(rng, pairs, np.ones(len(pairs[0]), dtype=bool), 1)
+                if image < 0:
+                    raise SamplingError(f"{index.source}/{index.split}: no unambiguous image of {parents[int(f[0])]!r}")
+                parent, names = parents[int(f[0])], index.kind_names(int(f[0]), int(mask))
+                query, struct = [parent], {"categories": names, "per_image": [names]}
+                question, answer = QUESTIONS[kind].format(parent=parent), ", ".join(names)
             else:
                 raise ValueError(f"unknown single-image question kind {kind!r}; kinds: {', '.join(QUESTIONS)}")
             rows.append({

@@ -43,10 +43,15 @@ def join_names(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def render_question(task: str, rng: np.random.Generator, n_images: int, names=(), parent: str = "") -> tuple[str, int]:
-    """(question text, template id) for `task`."""
-    template_id = int(rng.integers(0, len(TEMPLATES[task])))
-    return _format(task, template_id, n_images == 1, tuple(names), parent), template_id
+def render_questions(task: str, rng: np.random.Generator, n_images: list[int], names: list[list[str]] | None = None,
+                     parents: list[str] | None = None) -> tuple[list[str], list[int]]:  # fmt: skip
+    """(question texts, template ids) of a cell's items: the counted class names (`names`) or the
+    parent (`parents`) per item, where the task asks about them."""
+    template_ids = rng.integers(0, len(TEMPLATES[task]), size=len(n_images)).tolist()
+    names = names if names is not None else [()] * len(n_images)
+    parents = parents if parents is not None else [""] * len(n_images)
+    texts = [_format(task, t, k == 1, tuple(q), p) for t, k, q, p in zip(template_ids, n_images, names, parents)]
+    return texts, template_ids
 
 
 @lru_cache(maxsize=65_536)  # few distinct (template, names) pairs, asked for on every item
