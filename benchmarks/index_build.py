@@ -33,6 +33,9 @@ import pyarrow.csv as pa_csv
 
 from report import freebase_ids, markdown_table, peak_rss_kib, plain_table  # sibling module: scripts run as benchmarks/X.py
 
+# the package of this checkout, not whatever `mimic_pipeline` the interpreter has installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 SEED = 20240601
 OPENIMAGES_GOAL_ROWS_PER_S = 1_000_000
 
