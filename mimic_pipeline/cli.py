@@ -283,7 +283,7 @@ def cmd_fiftyone(args) -> int:
     from tqdm import tqdm
 
     from .core.errors import InputFileError
-    from .core.fiftyone_view import FiftyOneMissing, build_dataset, launch
+    from .core.fiftyone_view import FiftyOneMissing, build_dataset, launch, stop_app
 
     bar: tqdm | None = None
 
@@ -321,6 +321,8 @@ def cmd_fiftyone(args) -> int:
         session.wait(-1)
     except KeyboardInterrupt:
         pass
+    finally:
+        stop_app()  # bounded: FiftyOne's own exit waits on the server without a limit
     print("stopped")
     return 0
 

@@ -332,3 +332,37 @@ def launch(dataset, port: int, address: str = "127.0.0.1"):
     fo = import_fiftyone()
     session = fo.launch_app(dataset, port=port, address=address, remote=True, auto=False)
     return session, f"http://{address}:{port}/"
+
+
+def stop_app(timeout_s: float = 10.0) -> int:
+    """Stop the App server processes this process started; returns how many were stopped.
+
+    FiftyOne's own shutdown closes the server service's stdin and then waits for it without a limit;
+    after a Ctrl-C that reached the whole process group the service can already be half gone and the
+    wait never returns. Terminating (then killing) the server service tree first makes Ctrl-C always
+    end `mimic fiftyone --launch`. The database service is left to FiftyOne: other sessions of the
+    same user may be attached to it.
+    """
+    import psutil
+
+    def is_server(proc) -> bool:
+        try:
+            cmd = proc.cmdline()
+        except psutil.Error:
+            return False
+        return "--51-service" in cmd and "server" in cmd[cmd.index("--51-service") + 1 :][:1]
+
+    servers = [p for p in psutil.Process().children() if is_server(p)]
+    tree = [d for p in servers for d in p.children(recursive=True)] + servers
+    for proc in tree:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=timeout_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    return len(servers)
