@@ -1,4 +1,4 @@
-"""The prediction and scoring path shared by every answerer: reference baselines now, models later.
+"""Scoring shared by every answerer, checkpoints and reference baselines alike.
 
 `score_predictions` turns raw answers into one row per item with the scorer's verdict;
 `metric_rows` aggregates them per (checkpoint, variant, task, study, axis value) with intervals.

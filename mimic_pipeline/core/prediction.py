@@ -1,4 +1,5 @@
-"""A checkpoint answers an item set: batched generation written in small atomic parts, resumable.
+"""An answerer (a checkpoint's variant, or a reference baseline) answers an item set: batched,
+written in small atomic parts, resumable; `evaluate` runs every variant and assembles the table.
 
 Predictions of one (checkpoint, task, variant) go to `<folder>/part-<first item>.parquet`, a few
 hundred items per part, each written to a temporary name and renamed. A run that is killed leaves
