@@ -14,6 +14,7 @@ import argparse
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -315,6 +316,8 @@ def cmd_fiftyone(args) -> int:
         print(f"  browse it: mimic fiftyone --task {args.task}"
               + (f" --checkpoint {args.checkpoint} --variant {spec.variant}" if args.checkpoint else "") + " --launch")
         return 0
+    # a process started in the background by a script inherits an ignored SIGINT: take Ctrl-C back
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     session, url = launch(dataset, args.port, args.host)
     print(f"FiftyOne App on {url}  (Ctrl-C to stop)", flush=True)
     try:

@@ -156,7 +156,9 @@ def test_launch_serves_the_app_until_interrupted(small):
     port = free_port()
     cmd = [sys.executable, "-m", "mimic_pipeline.cli", "fiftyone", "--task", "counting", "--checkpoint", CHECKPOINT,
            "--data-dir", str(data), "--launch", "--port", str(port)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # started as a script in the background would start it: with SIGINT ignored, which it must undo
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
     tree: set[psutil.Process] = set()
     lines: list[str] = []
     try:
