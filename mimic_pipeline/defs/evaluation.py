@@ -19,7 +19,7 @@ from ..core.evaluation import PREDICTION_SCHEMA, metric_rows, source_vocabulary
 from ..core.files import config_hash, file_fingerprints
 from ..core.models.sequence import Variant
 from ..core.prediction import evaluate, model_answerer
-from ..core.reports import study_plot, variant_plot
+from ..core.reports import variant_plot
 from ..core.tables import markdown_table
 from ..core.training.checkpoints import CheckpointError, complete_checkpoints, validate_checkpoint
 from ..core.training.data import ImageCache
@@ -188,13 +188,13 @@ def evaluation_report(context: dg.AssetExecutionContext, paths: MimicPaths) -> d
     metrics = [dict(zip(cols, r)) for r in rows]
     lb_cols, lb_rows = catalog.query(paths.catalog, "select * from leaderboard")
     out = paths.root / "plots" / "evaluation"
-    plots = {f"{task}_{axis}": study_plot(metrics, task, axis, out / f"{task}_{axis}.png") for task, axis in STUDIES}
-    plots["variants"] = variant_plot([dict(zip(lb_cols, r)) for r in lb_rows], out / "variants.png")
-    plots = {k: p for k, p in plots.items() if p is not None}
+    plots = study_plots(metrics, out, studies=STUDIES)
+    variants = variant_plot([dict(zip(lb_cols, r)) for r in lb_rows], out / "variants.png")
+    if variants is not None:
+        plots["plot_variants"] = image_markdown(variants, "variants")
     metadata = {"leaderboard": dg.MetadataValue.md(markdown_table(lb_cols, lb_rows)), "dagster/row_count": len(lb_rows),
-                "dagster/column_schema": catalog_schema(paths.catalog, "leaderboard"), "dagster/uri": dg.MetadataValue.path(str(out))}
-    for name, path in plots.items():
-        metadata[f"plot_{name}"] = image_markdown(path, name.replace("_", " "))
+                "dagster/column_schema": catalog_schema(paths.catalog, "leaderboard"), "dagster/uri": dg.MetadataValue.path(str(out)),
+                **plots}  # fmt: skip
     context.log.info(f"{len(plots)} plots in {out}")
     return dg.MaterializeResult(metadata=metadata)
 

@@ -54,11 +54,13 @@ def image_markdown(path: str | Path, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(png_markdown(path, alt))
 
 
-def study_plots(rows: list[dict], folder: Path, title: str) -> dict[str, dg.MetadataValue]:
-    """One accuracy plot per study present in `rows` (eval_metrics rows), as `plot_<task>_<axis>` images."""
+def study_plots(rows: list[dict], folder: Path, title: str | None = None, studies=None) -> dict[str, dg.MetadataValue]:
+    """One accuracy plot per study (`studies`, or every (task, axis) present in `rows`, eval_metrics
+    rows) as `plot_<task>_<axis>` images; a study with no plain variant (pool1 / default) is left out."""
     plots = {}
-    for task, axis in sorted({(r["task"], r["axis"]) for r in rows}):
+    for task, axis in studies or sorted({(r["task"], r["axis"]) for r in rows}):
         path = study_plot(rows, task, axis, folder / f"{task}_{axis}.png")
-        if path is not None:  # None: no plain variant (pool1 / default) to draw
-            plots[f"plot_{task}_{axis}"] = image_markdown(path, f"{title}: {task} {axis.replace('_', ' ')}")
+        if path is not None:
+            alt = f"{title}: {task} {axis.replace('_', ' ')}" if title else f"{task}_{axis}".replace("_", " ")
+            plots[f"plot_{task}_{axis}"] = image_markdown(path, alt)
     return plots
